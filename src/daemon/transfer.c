@@ -1,0 +1,880 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "log.h"
+#include "transfer.h"
+
+#define WRITE_BUFFER_SIZE (1024U * 1024U)  /* merge curl's small writes into 1 MiB write()s */
+#define CURL_BUFFER_SIZE (512L * 1024L)
+#define COPY_CHUNK (8U * 1024U * 1024U)    /* file:// bytes copied per loop iteration */
+#define RESTARTS_MAX 3U
+
+struct TransferEngine {
+        sd_event *event;
+        const Config *config;
+        FileOps *ops;
+        TransferCallbacks cb;
+        void *userdata;
+        CURLM *multi;
+        sd_event_source *timer;
+};
+
+struct Transfer {
+        TransferEngine *engine;
+        Job *job;
+        BitsFile *file;
+        Identity id;
+        int fd;
+        uint64_t written;       /* bytes in the temporary file */
+        char *buf;
+        size_t buf_len;
+        usec_t last_checkpoint; /* CLOCK_MONOTONIC */
+        sd_event_source *checkpoint_timer;
+        bool connected;
+        int local_error;        /* errno of a failed write or sync */
+        unsigned restarts;
+
+        /* HTTP */
+        CURL *easy;
+        struct curl_slist *headers;
+        char *url;
+        uint64_t range_start;   /* 0: no Range sent */
+        long status;
+        bool headers_done;
+        bool restart;           /* abort this response and start again from 0 */
+        char *etag;
+        char *last_modified;
+        uint64_t content_length;
+        uint64_t cr_start, cr_end, cr_total;
+        bool have_content_range;
+        uint32_t retry_after;
+
+        /* file:// */
+        int src_fd;
+        uint64_t src_size;
+        sd_event_source *copy_source;
+};
+
+Job *transfer_job(Transfer *t) {
+        return t->job;
+}
+
+/* ---- writing and checkpoints ---- */
+
+static int write_all_at(int fd, const char *p, size_t n, uint64_t offset) {
+        while (n > 0) {
+                ssize_t k = pwrite(fd, p, n, (off_t) offset);
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += k;
+                n -= (size_t) k;
+                offset += (uint64_t) k;
+        }
+        return 0;
+}
+
+static int transfer_flush(Transfer *t) {
+        int r;
+        if (t->buf_len == 0)
+                return 0;
+        r = write_all_at(t->fd, t->buf, t->buf_len, t->written);
+        if (r < 0)
+                return r;
+        /* Start writeback now so the checkpoint's fdatasync() finds little left to do. */
+        (void) sync_file_range(t->fd, (off_t) t->written, (off_t) t->buf_len, SYNC_FILE_RANGE_WRITE);
+        t->written += t->buf_len;
+        t->buf_len = 0;
+        return 0;
+}
+
+/* Make everything received durable, then hand the count up to be recorded. */
+static int transfer_checkpoint(Transfer *t) {
+        int r = transfer_flush(t);
+        if (r < 0)
+                return r;
+        if (t->written == t->file->bytes_checkpoint)
+                return 0;
+        if (fdatasync(t->fd) < 0)
+                return -errno;
+        t->file->bytes_checkpoint = t->written;
+        t->last_checkpoint = now(CLOCK_MONOTONIC);
+        t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
+        return 0;
+}
+
+static bool checkpoint_due(Transfer *t) {
+        const Config *c = t->engine->config;
+        return t->written - t->file->bytes_checkpoint >= c->checkpoint_bytes ||
+               now(CLOCK_MONOTONIC) - t->last_checkpoint >= (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC;
+}
+
+static int transfer_append(Transfer *t, const char *data, size_t n) {
+        int r;
+        if (t->buf_len + n > WRITE_BUFFER_SIZE) {
+                r = transfer_flush(t);
+                if (r < 0)
+                        return r;
+                if (checkpoint_due(t)) {
+                        r = transfer_checkpoint(t);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        if (n >= WRITE_BUFFER_SIZE) {
+                r = write_all_at(t->fd, data, n, t->written);
+                if (r < 0)
+                        return r;
+                t->written += n;
+        } else {
+                memcpy(t->buf + t->buf_len, data, n);
+                t->buf_len += n;
+        }
+        t->file->bytes_transferred = t->written + t->buf_len;
+        return 0;
+}
+
+/* Throw away what we have and start the file from byte 0. The store learns about it right away,
+ * before any new byte lands, so a crash can never splice old and new content. */
+static int transfer_reset_to_zero(Transfer *t) {
+        t->buf_len = 0;
+        if (ftruncate(t->fd, 0) < 0)
+                return -errno;
+        t->written = 0;
+        t->file->bytes_transferred = 0;
+        t->file->bytes_total = BYTES_UNKNOWN;
+        if (t->file->bytes_checkpoint != 0) {
+                t->file->bytes_checkpoint = 0;
+                t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
+        }
+        return 0;
+}
+
+static int on_checkpoint_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Transfer *t = userdata;
+        const Config *c = t->engine->config;
+
+        if (t->written + t->buf_len > t->file->bytes_checkpoint) {
+                int r = transfer_checkpoint(t);
+                if (r < 0 && t->local_error == 0)
+                        t->local_error = -r; /* reported when the transfer ends */
+        }
+        (void) sd_event_source_set_time_relative(s, (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC);
+        return 0;
+}
+
+/* ---- error reporting ---- */
+
+static const char *errno_name(int e) {
+        const char *n = strerrorname_np(e);
+        return n ?: "EIO";
+}
+
+static TransferOutcome fail_local(Transfer *t, int error, const char *what) {
+        char code[48];
+        snprintf(code, sizeof(code), "errno:%s", errno_name(error));
+        (void) job_set_error(t->job, ERROR_CONTEXT_LOCAL_FILE, code, remote_protocol(t->file->remote_name),
+                             (int) t->file->index, "Cannot %s '%s': %s", what, t->file->temp_name, strerror(error));
+        return (error == ENOSPC || error == EDQUOT) ? TRANSFER_TRANSIENT : TRANSFER_FATAL;
+}
+
+static const char *curl_code_name(CURLcode c) {
+        switch (c) {
+        case CURLE_UNSUPPORTED_PROTOCOL: return "UNSUPPORTED_PROTOCOL";
+        case CURLE_URL_MALFORMAT: return "URL_MALFORMAT";
+        case CURLE_COULDNT_RESOLVE_PROXY: return "COULDNT_RESOLVE_PROXY";
+        case CURLE_COULDNT_RESOLVE_HOST: return "COULDNT_RESOLVE_HOST";
+        case CURLE_COULDNT_CONNECT: return "COULDNT_CONNECT";
+        case CURLE_WEIRD_SERVER_REPLY: return "WEIRD_SERVER_REPLY";
+        case CURLE_HTTP2: return "HTTP2";
+        case CURLE_PARTIAL_FILE: return "PARTIAL_FILE";
+        case CURLE_HTTP_RETURNED_ERROR: return "HTTP_RETURNED_ERROR";
+        case CURLE_WRITE_ERROR: return "WRITE_ERROR";
+        case CURLE_READ_ERROR: return "READ_ERROR";
+        case CURLE_OUT_OF_MEMORY: return "OUT_OF_MEMORY";
+        case CURLE_OPERATION_TIMEDOUT: return "OPERATION_TIMEDOUT";
+        case CURLE_RANGE_ERROR: return "RANGE_ERROR";
+        case CURLE_SSL_CONNECT_ERROR: return "SSL_CONNECT_ERROR";
+        case CURLE_TOO_MANY_REDIRECTS: return "TOO_MANY_REDIRECTS";
+        case CURLE_GOT_NOTHING: return "GOT_NOTHING";
+        case CURLE_SEND_ERROR: return "SEND_ERROR";
+        case CURLE_RECV_ERROR: return "RECV_ERROR";
+        case CURLE_PEER_FAILED_VERIFICATION: return "PEER_FAILED_VERIFICATION";
+        case CURLE_SSL_CACERT_BADFILE: return "SSL_CACERT_BADFILE";
+        case CURLE_BAD_CONTENT_ENCODING: return "BAD_CONTENT_ENCODING";
+        case CURLE_FILESIZE_EXCEEDED: return "FILESIZE_EXCEEDED";
+        case CURLE_HTTP2_STREAM: return "HTTP2_STREAM";
+        case CURLE_ABORTED_BY_CALLBACK: return "ABORTED_BY_CALLBACK";
+        default: return NULL;
+        }
+}
+
+static bool curl_code_is_fatal(CURLcode c) {
+        switch (c) {
+        case CURLE_UNSUPPORTED_PROTOCOL:
+        case CURLE_URL_MALFORMAT:
+        case CURLE_TOO_MANY_REDIRECTS:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_BAD_CONTENT_ENCODING:
+        case CURLE_FILESIZE_EXCEEDED:
+                return true;
+        default:
+                return false;
+        }
+}
+
+/* ---- HTTP ---- */
+
+static void http_reset_response(Transfer *t) {
+        t->status = 0;
+        t->headers_done = false;
+        t->etag = mfree(t->etag);
+        t->last_modified = mfree(t->last_modified);
+        t->content_length = BYTES_UNKNOWN;
+        t->have_content_range = false;
+        t->retry_after = 0;
+}
+
+static char *header_value(const char *line, size_t n, const char *name) {
+        size_t k = strlen(name);
+        if (n <= k + 1 || strncasecmp(line, name, k) != 0 || line[k] != ':')
+                return NULL;
+        const char *v = line + k + 1, *e = line + n;
+        while (v < e && (*v == ' ' || *v == '\t'))
+                v++;
+        while (e > v && (e[-1] == '\r' || e[-1] == '\n' || e[-1] == ' ' || e[-1] == '\t'))
+                e--;
+        return strndup(v, (size_t) (e - v));
+}
+
+static uint32_t parse_retry_after(const char *v) {
+        char *end;
+        if (*v >= '0' && *v <= '9') {
+                unsigned long long x = strtoull(v, &end, 10);
+                return *end == '\0' ? (uint32_t) MIN(x, (unsigned long long) UINT32_MAX) : 0;
+        }
+        time_t when = curl_getdate(v, NULL);
+        time_t t = time(NULL);
+        return when > t ? (uint32_t) MIN((uint64_t) (when - t), (uint64_t) UINT32_MAX) : 0;
+}
+
+/* The body of a final 2xx response starts: decide whether it continues our bytes or replaces them. */
+static void http_begin_body(Transfer *t) {
+        BitsFile *f = t->file;
+        int r;
+
+        if (t->status == 206) {
+                if (!t->have_content_range || t->range_start == 0 || t->cr_start != t->range_start ||
+                    (f->bytes_total != BYTES_UNKNOWN && t->cr_total != f->bytes_total)) {
+                        /* Not the continuation we asked for: never splice, start over. */
+                        log_info("Job %s: file %u: the server's range does not continue our %" PRIu64 " bytes, restarting it from 0.",
+                                 t->job->id, f->index, t->range_start);
+                        t->restart = true;
+                        return;
+                }
+                f->bytes_total = t->cr_total;
+        } else {
+                if (t->range_start > 0) {
+                        /* If-Range did not match (or ranges are unsupported): the whole entity follows. */
+                        log_info("Job %s: file %u: the remote file changed (or ignores ranges), fetching it again from 0.",
+                                 t->job->id, f->index);
+                        r = transfer_reset_to_zero(t);
+                        if (r < 0) {
+                                t->local_error = -r;
+                                return;
+                        }
+                        t->range_start = 0;
+                }
+                f->bytes_total = t->content_length;
+        }
+
+        /* Remember what identifies this version of the file, for If-Range next time. A weak ETag
+         * cannot be used in If-Range: fall back to the date. */
+        const char *v = t->etag && strncmp(t->etag, "W/", 2) != 0 ? t->etag : t->last_modified;
+        if (!streq_ptr(v, f->validator) && free_and_strdup(&f->validator, v) < 0)
+                t->local_error = ENOMEM;
+
+        if (!t->connected) {
+                t->connected = true;
+                t->engine->cb.connected(t, t->job, t->engine->userdata);
+        }
+}
+
+static size_t on_header(char *line, size_t size, size_t n, void *userdata) {
+        Transfer *t = userdata;
+        char *v;
+
+        n *= size;
+        if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+                /* A new response (after a redirect or a 100 Continue): forget the previous one. */
+                http_reset_response(t);
+                const char *sp = memchr(line, ' ', n);
+                if (sp)
+                        t->status = strtol(sp + 1, NULL, 10);
+                return n;
+        }
+        if (n <= 2 && (line[0] == '\r' || line[0] == '\n')) {
+                long code = 0;
+                char *location = NULL;
+                (void) curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &code);
+                (void) curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_URL, &location);
+                if (t->status >= 100 && t->status < 200)
+                        return n;
+                if (t->status >= 300 && t->status < 400 && location)
+                        return n; /* curl follows it */
+                t->headers_done = true;
+                if (t->status >= 200 && t->status < 300)
+                        http_begin_body(t);
+                return n;
+        }
+        if ((v = header_value(line, n, "ETag"))) {
+                free(t->etag);
+                t->etag = v;
+        } else if ((v = header_value(line, n, "Last-Modified"))) {
+                free(t->last_modified);
+                t->last_modified = v;
+        } else if ((v = header_value(line, n, "Content-Length"))) {
+                char *end;
+                unsigned long long x = strtoull(v, &end, 10);
+                if (*v && *end == '\0')
+                        t->content_length = x;
+                free(v);
+        } else if ((v = header_value(line, n, "Content-Range"))) {
+                unsigned long long a, b, total;
+                if (sscanf(v, "bytes %llu-%llu/%llu", &a, &b, &total) == 3 && a <= b && b < total) {
+                        t->have_content_range = true;
+                        t->cr_start = a;
+                        t->cr_end = b;
+                        t->cr_total = total;
+                }
+                free(v);
+        } else if ((v = header_value(line, n, "Retry-After"))) {
+                t->retry_after = parse_retry_after(v);
+                free(v);
+        }
+        return n;
+}
+
+static size_t on_write(char *data, size_t size, size_t n, void *userdata) {
+        Transfer *t = userdata;
+        int r;
+
+        n *= size;
+        if (!t->headers_done || t->status < 200 || t->status >= 300)
+                return n; /* an error page: not ours to keep */
+        if (t->restart || t->local_error != 0)
+                return 0; /* abort: curl reports CURLE_WRITE_ERROR */
+        if (t->file->bytes_total != BYTES_UNKNOWN && t->written + t->buf_len + n > t->file->bytes_total) {
+                t->restart = true; /* more than the server announced */
+                return 0;
+        }
+        r = transfer_append(t, data, n);
+        if (r < 0) {
+                t->local_error = -r;
+                return 0;
+        }
+        return n;
+}
+
+static int http_setup(Transfer *t) {
+        TransferEngine *e = t->engine;
+        BitsFile *f = t->file;
+        char range[64];
+
+        t->easy = curl_easy_init();
+        if (!t->easy)
+                return -ENOMEM;
+        http_reset_response(t);
+
+        curl_easy_setopt(t->easy, CURLOPT_URL, t->url);
+        curl_easy_setopt(t->easy, CURLOPT_PRIVATE, t);
+        curl_easy_setopt(t->easy, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(t->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(t->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(t->easy, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(t->easy, CURLOPT_MAXREDIRS, 10L);
+        curl_easy_setopt(t->easy, CURLOPT_BUFFERSIZE, CURL_BUFFER_SIZE);
+        curl_easy_setopt(t->easy, CURLOPT_CONNECTTIMEOUT, (long) e->config->connect_timeout_sec);
+        curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(t->easy, CURLOPT_LOW_SPEED_TIME, (long) e->config->stall_timeout_sec);
+        curl_easy_setopt(t->easy, CURLOPT_FILETIME, 1L);
+        curl_easy_setopt(t->easy, CURLOPT_USERAGENT, "bitsd/" PACKAGE_VERSION);
+        curl_easy_setopt(t->easy, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(t->easy, CURLOPT_HEADERDATA, t);
+        curl_easy_setopt(t->easy, CURLOPT_WRITEFUNCTION, on_write);
+        curl_easy_setopt(t->easy, CURLOPT_WRITEDATA, t);
+
+        /* Continue only when we can prove it is the same file: Range with If-Range. */
+        t->range_start = 0;
+        if (t->written > 0 && f->validator) {
+                _cleanup_free_ char *hdr = NULL;
+                if (asprintf(&hdr, "If-Range: %s", f->validator) < 0)
+                        return -ENOMEM;
+                struct curl_slist *l = curl_slist_append(NULL, hdr);
+                if (!l)
+                        return -ENOMEM;
+                t->headers = l;
+                curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+                snprintf(range, sizeof(range), "%" PRIu64 "-", t->written);
+                curl_easy_setopt(t->easy, CURLOPT_RANGE, range);
+                t->range_start = t->written;
+        } else if (t->written > 0) {
+                int r = transfer_reset_to_zero(t);
+                if (r < 0)
+                        return r;
+        }
+
+        if (curl_multi_add_handle(e->multi, t->easy) != CURLM_OK)
+                return -ENOMEM;
+        return 0;
+}
+
+static void http_teardown(Transfer *t) {
+        if (t->easy) {
+                curl_multi_remove_handle(t->engine->multi, t->easy);
+                curl_easy_cleanup(t->easy);
+                t->easy = NULL;
+        }
+        curl_slist_free_all(t->headers);
+        t->headers = NULL;
+}
+
+static void transfer_finish(Transfer *t, TransferOutcome o, uint32_t retry_after) {
+        t->engine->cb.finished(t, t->job, t->file, o, retry_after, t->engine->userdata);
+}
+
+/* The file is complete: durable, dated like the remote file, and recorded. */
+static TransferOutcome transfer_complete_file(Transfer *t, time_t mtime) {
+        int r = transfer_flush(t);
+        if (r < 0)
+                return fail_local(t, -r, "write");
+        if (t->file->bytes_total == BYTES_UNKNOWN)
+                t->file->bytes_total = t->written;
+        if (t->written != t->file->bytes_total) {
+                (void) job_set_error(t->job, ERROR_CONTEXT_TRANSPORT, "curl:PARTIAL_FILE", remote_protocol(t->file->remote_name),
+                                     (int) t->file->index, "Connection closed after %" PRIu64 " of %" PRIu64 " bytes of '%s'",
+                                     t->written, t->file->bytes_total, t->file->remote_name);
+                (void) transfer_checkpoint(t);
+                return TRANSFER_TRANSIENT;
+        }
+        if (mtime > 0) {
+                struct timespec ts[2] = { { .tv_sec = mtime }, { .tv_sec = mtime } };
+                (void) futimens(t->fd, ts);
+        }
+        r = transfer_checkpoint(t);
+        if (r < 0)
+                return fail_local(t, -r, "sync");
+        /* A zero-length file has nothing to checkpoint, but it is done: record that too. */
+        t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
+        return TRANSFER_DONE;
+}
+
+static void http_done(Transfer *t, CURLcode result) {
+        BitsFile *f = t->file;
+        const char *proto = remote_protocol(f->remote_name);
+        int r;
+
+        if (t->restart && t->local_error == 0) {
+                if (++t->restarts > RESTARTS_MAX) {
+                        (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, "bits:RemoteFileChanged", proto, (int) f->index,
+                                             "'%s' keeps changing while it is downloaded", f->remote_name);
+                        transfer_finish(t, TRANSFER_TRANSIENT, 0);
+                        return;
+                }
+                http_teardown(t);
+                t->restart = false;
+                r = transfer_reset_to_zero(t);
+                if (r >= 0)
+                        r = http_setup(t);
+                if (r < 0)
+                        transfer_finish(t, fail_local(t, -r, "restart"), 0);
+                return;
+        }
+        if (t->local_error != 0) {
+                transfer_finish(t, fail_local(t, t->local_error, "write"), 0);
+                return;
+        }
+        if (result == CURLE_OK && t->status >= 200 && t->status < 300) {
+                curl_off_t ft = -1;
+                (void) curl_easy_getinfo(t->easy, CURLINFO_FILETIME_T, &ft);
+                transfer_finish(t, transfer_complete_file(t, ft > 0 ? (time_t) ft : 0), 0);
+                return;
+        }
+
+        /* Whatever we received is still good: keep it. */
+        (void) transfer_checkpoint(t);
+
+        if (result == CURLE_OK) {
+                char code[16];
+                bool transient = http_status_is_transient(t->status);
+                snprintf(code, sizeof(code), "http:%ld", t->status);
+                (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, proto, (int) f->index,
+                                     "The server answered HTTP %ld for '%s'", t->status, f->remote_name);
+                transfer_finish(t, transient ? TRANSFER_TRANSIENT : TRANSFER_FATAL, t->retry_after);
+                return;
+        }
+
+        char code[64];
+        const char *name = curl_code_name(result);
+        if (name)
+                snprintf(code, sizeof(code), "curl:%s", name);
+        else
+                snprintf(code, sizeof(code), "curl:%d", (int) result);
+        (void) job_set_error(t->job, ERROR_CONTEXT_TRANSPORT, code, proto, (int) f->index,
+                             "Transfer of '%s' failed: %s", f->remote_name, curl_easy_strerror(result));
+        transfer_finish(t, curl_code_is_fatal(result) ? TRANSFER_FATAL : TRANSFER_TRANSIENT, 0);
+}
+
+static void engine_check_messages(TransferEngine *e) {
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(e->multi, &left))) {
+                Transfer *t = NULL;
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                (void) curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &t);
+                if (t)
+                        http_done(t, msg->data.result);
+        }
+}
+
+static int on_curl_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        TransferEngine *e = userdata;
+        int action = 0, running;
+
+        if (revents & (EPOLLIN | EPOLLHUP))
+                action |= CURL_CSELECT_IN;
+        if (revents & EPOLLOUT)
+                action |= CURL_CSELECT_OUT;
+        if (revents & EPOLLERR)
+                action |= CURL_CSELECT_ERR;
+        (void) curl_multi_socket_action(e->multi, fd, action, &running);
+        engine_check_messages(e);
+        return 0;
+}
+
+static int on_curl_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        TransferEngine *e = userdata;
+        int running;
+        (void) curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        engine_check_messages(e);
+        return 0;
+}
+
+static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp) {
+        TransferEngine *e = userp;
+        sd_event_source *io = socketp;
+        uint32_t events = 0;
+
+        if (what == CURL_POLL_REMOVE) {
+                if (io) {
+                        sd_event_source_disable_unref(io);
+                        curl_multi_assign(e->multi, fd, NULL);
+                }
+                return 0;
+        }
+        if (what & CURL_POLL_IN)
+                events |= EPOLLIN;
+        if (what & CURL_POLL_OUT)
+                events |= EPOLLOUT;
+        if (io)
+                return sd_event_source_set_io_events(io, events) < 0 ? -1 : 0;
+        if (sd_event_add_io(e->event, &io, fd, events, on_curl_io, e) < 0)
+                return -1;
+        (void) sd_event_source_set_description(io, "curl-io");
+        curl_multi_assign(e->multi, fd, io);
+        return 0;
+}
+
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
+        TransferEngine *e = userp;
+        if (timeout_ms < 0)
+                return sd_event_source_set_enabled(e->timer, SD_EVENT_OFF) < 0 ? -1 : 0;
+        if (sd_event_source_set_time_relative(e->timer, (usec_t) timeout_ms * USEC_PER_MSEC) < 0 ||
+            sd_event_source_set_enabled(e->timer, SD_EVENT_ONESHOT) < 0)
+                return -1;
+        return 0;
+}
+
+/* ---- file:// and path sources ---- */
+
+static int on_copy(sd_event_source *s, void *userdata) {
+        Transfer *t = userdata;
+        uint64_t left = t->src_size - t->written;
+        ssize_t n;
+
+        if (left == 0) {
+                struct stat st;
+                time_t mtime = fstat(t->src_fd, &st) >= 0 ? st.st_mtim.tv_sec : 0;
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                transfer_finish(t, transfer_complete_file(t, mtime), 0);
+                return 0;
+        }
+
+        loff_t in = (loff_t) t->written, out = (loff_t) t->written;
+        n = copy_file_range(t->src_fd, &in, t->fd, &out, (size_t) MIN(left, (uint64_t) COPY_CHUNK), 0);
+        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+                /* Different file systems or no support: plain reads and writes. */
+                static char chunk[256 * 1024];
+                n = pread(t->src_fd, chunk, (size_t) MIN(left, sizeof(chunk)), (off_t) t->written);
+                if (n > 0) {
+                        int r = write_all_at(t->fd, chunk, (size_t) n, t->written);
+                        if (r < 0) {
+                                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                                transfer_finish(t, fail_local(t, -r, "write"), 0);
+                                return 0;
+                        }
+                }
+        }
+        if (n < 0) {
+                int error = errno;
+                char code[48];
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                snprintf(code, sizeof(code), "errno:%s", errno_name(error));
+                (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, "file", (int) t->file->index,
+                                     "Cannot read '%s': %s", t->file->remote_name, strerror(error));
+                transfer_finish(t, TRANSFER_FATAL, 0);
+                return 0;
+        }
+        if (n == 0) {
+                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, "bits:RemoteFileChanged", "file", (int) t->file->index,
+                                     "'%s' shrank while it was copied", t->file->remote_name);
+                transfer_finish(t, TRANSFER_TRANSIENT, 0);
+                return 0;
+        }
+        t->written += (uint64_t) n;
+        t->file->bytes_transferred = t->written;
+        if (checkpoint_due(t)) {
+                int r = transfer_checkpoint(t);
+                if (r < 0) {
+                        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
+                        transfer_finish(t, fail_local(t, -r, "sync"), 0);
+                }
+        }
+        return 0;
+}
+
+static int file_setup(Transfer *t, bool *ret_transient) {
+        BitsFile *f = t->file;
+        _cleanup_free_ char *path = NULL;
+        struct stat st;
+        char validator[128];
+        int r;
+
+        r = remote_local_path(f->remote_name, &path);
+        if (r < 0)
+                return r;
+        r = file_ops_open_read(t->engine->ops, &t->id, path);
+        if (r < 0) {
+                char code[48];
+                snprintf(code, sizeof(code), "errno:%s", errno_name(-r));
+                (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, "file", (int) f->index,
+                                     "Cannot open '%s' as uid %u: %s", path, (unsigned) t->id.uid, strerror(-r));
+                *ret_transient = r == -ETIMEDOUT;
+                return r;
+        }
+        t->src_fd = r;
+        if (fstat(t->src_fd, &st) < 0)
+                return -errno;
+
+        /* The same identity as a Last-Modified: size, inode and modification time. */
+        snprintf(validator, sizeof(validator), "file:%" PRIu64 ":%" PRIu64 ":%" PRIu64 ":%" PRId64 ".%09ld",
+                 (uint64_t) st.st_dev, (uint64_t) st.st_ino, (uint64_t) st.st_size,
+                 (int64_t) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+        if (t->written > 0 && !streq_ptr(f->validator, validator)) {
+                r = transfer_reset_to_zero(t);
+                if (r < 0)
+                        return r;
+        }
+        if (free_and_strdup(&f->validator, validator) < 0)
+                return -ENOMEM;
+        t->src_size = (uint64_t) st.st_size;
+        f->bytes_total = t->src_size;
+        if (t->written > t->src_size) {
+                r = transfer_reset_to_zero(t);
+                if (r < 0)
+                        return r;
+                f->bytes_total = t->src_size;
+        }
+
+        r = sd_event_add_defer(t->engine->event, &t->copy_source, on_copy, t);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(t->copy_source, "file-copy");
+        (void) sd_event_source_set_enabled(t->copy_source, SD_EVENT_ON);
+        /* Lower priority than the bus, so a big copy never makes calls wait. */
+        (void) sd_event_source_set_priority(t->copy_source, SD_EVENT_PRIORITY_IDLE);
+        return 0;
+}
+
+/* ---- start and stop ---- */
+
+/* Opens (or creates) the temporary file as the user and positions us at the last checkpoint. */
+static int open_temp(Transfer *t) {
+        TransferEngine *e = t->engine;
+        BitsFile *f = t->file;
+        struct stat st;
+        int fd;
+
+        if (f->bytes_checkpoint > 0) {
+                fd = file_ops_open_write(e->ops, &t->id, f->temp_name);
+                if (fd == -ENOENT) {
+                        f->bytes_checkpoint = f->bytes_transferred = 0;
+                        fd = file_ops_create(e->ops, &t->id, f->temp_name);
+                }
+        } else {
+                fd = file_ops_create(e->ops, &t->id, f->temp_name);
+                if (fd == -EEXIST) /* ours from before a crash, with nothing recorded yet */
+                        fd = file_ops_open_write(e->ops, &t->id, f->temp_name);
+        }
+        if (fd < 0)
+                return fd;
+        t->fd = fd;
+        f->temp_created = true;
+
+        if (fstat(t->fd, &st) < 0)
+                return -errno;
+        /* Bytes past the checkpoint were never proven durable: drop them. */
+        uint64_t keep = (uint64_t) st.st_size >= f->bytes_checkpoint ? f->bytes_checkpoint : 0;
+        if ((uint64_t) st.st_size != keep && ftruncate(t->fd, (off_t) keep) < 0)
+                return -errno;
+        if (keep != f->bytes_checkpoint) {
+                log_info("Job %s: file %u: temporary file is shorter than recorded, starting it again.", t->job->id, f->index);
+                f->bytes_checkpoint = 0;
+                e->cb.checkpoint(t, t->job, f, e->userdata);
+        }
+        t->written = keep;
+        f->bytes_transferred = keep;
+        return 0;
+}
+
+int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, Transfer **ret, bool *ret_transient) {
+        Transfer *t;
+        int r;
+
+        *ret_transient = false;
+        t = calloc(1, sizeof(Transfer));
+        if (!t)
+                return -ENOMEM;
+        *t = (Transfer) {
+                .engine = e, .job = j, .file = f, .id = *id, .fd = -EBADF, .src_fd = -EBADF,
+                .last_checkpoint = now(CLOCK_MONOTONIC),
+        };
+        t->buf = malloc(WRITE_BUFFER_SIZE);
+        if (!t->buf) {
+                r = -ENOMEM;
+                goto fail;
+        }
+
+        r = open_temp(t);
+        if (r < 0) {
+                *ret_transient = (-r == ENOSPC || -r == EDQUOT) || r == -ETIMEDOUT;
+                (void) fail_local(t, -r, "open the temporary file");
+                goto fail;
+        }
+
+        r = sd_event_add_time_relative(e->event, &t->checkpoint_timer, CLOCK_MONOTONIC,
+                                       (usec_t) e->config->checkpoint_interval_msec * USEC_PER_MSEC, 0,
+                                       on_checkpoint_timer, t);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_enabled(t->checkpoint_timer, SD_EVENT_ON);
+
+        if (remote_is_local_file(f->remote_name)) {
+                r = file_setup(t, ret_transient);
+                if (r < 0) {
+                        if (j->error.context == ERROR_CONTEXT_NONE)
+                                (void) fail_local(t, -r, "prepare");
+                        goto fail;
+                }
+                t->connected = true;
+                e->cb.connected(t, j, e->userdata);
+        } else {
+                t->url = strdup(f->remote_name);
+                if (!t->url) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                r = http_setup(t);
+                if (r < 0) {
+                        (void) fail_local(t, -r, "start");
+                        goto fail;
+                }
+        }
+        *ret = t;
+        return 0;
+fail:
+        transfer_free(t);
+        return r;
+}
+
+Transfer *transfer_free(Transfer *t) {
+        if (!t)
+                return NULL;
+        http_teardown(t);
+        t->copy_source = sd_event_source_disable_unref(t->copy_source);
+        t->checkpoint_timer = sd_event_source_disable_unref(t->checkpoint_timer);
+        if (t->fd >= 0) {
+                /* Keep every byte received: flush and make it durable. */
+                if (transfer_flush(t) >= 0 && t->written != t->file->bytes_checkpoint && fdatasync(t->fd) >= 0)
+                        t->file->bytes_checkpoint = t->written;
+                t->file->bytes_transferred = t->file->bytes_checkpoint;
+        }
+        safe_close(t->fd);
+        safe_close(t->src_fd);
+        free(t->buf);
+        free(t->url);
+        free(t->etag);
+        free(t->last_modified);
+        return mfree(t);
+}
+
+int transfer_engine_new(sd_event *event, const Config *config, FileOps *ops, const TransferCallbacks *cb,
+                        void *userdata, TransferEngine **ret) {
+        TransferEngine *e;
+        int r;
+
+        e = calloc(1, sizeof(TransferEngine));
+        if (!e)
+                return -ENOMEM;
+        *e = (TransferEngine) {
+                .event = sd_event_ref(event), .config = config, .ops = ops, .cb = *cb, .userdata = userdata,
+        };
+        e->multi = curl_multi_init();
+        if (!e->multi) {
+                transfer_engine_free(e);
+                return -ENOMEM;
+        }
+        curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+        curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+        curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+        curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
+
+        r = sd_event_add_time(event, &e->timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_curl_timer, e);
+        if (r < 0) {
+                transfer_engine_free(e);
+                return r;
+        }
+        (void) sd_event_source_set_enabled(e->timer, SD_EVENT_OFF);
+        (void) sd_event_source_set_description(e->timer, "curl-timer");
+        *ret = e;
+        return 0;
+}
+
+TransferEngine *transfer_engine_free(TransferEngine *e) {
+        if (!e)
+                return NULL;
+        if (e->multi)
+                curl_multi_cleanup(e->multi);
+        sd_event_source_disable_unref(e->timer);
+        sd_event_unref(e->event);
+        return mfree(e);
+}
