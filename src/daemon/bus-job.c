@@ -1,0 +1,322 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include "bus-errors.h"
+#include "bus-object.h"
+#include "log.h"
+
+#define ADD_FILE_SET_MAX 100000U /* bound before any allocation; the real limit is checked in the model */
+
+static int check_not_final(Job *j, sd_bus_error *error) {
+        if (job_state_is_final(j->state))
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        return 0;
+}
+
+static int method_add_file(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        const char *remote, *local;
+        int r;
+
+        r = sd_bus_message_read(msg, "ss", &remote, &local);
+        if (r < 0)
+                return r;
+        r = manager_job_add_files(j->manager, j, (char **) &remote, (char **) &local, 1, error);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(msg, NULL);
+}
+
+static int method_add_file_set(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        _cleanup_free_ char **remote = NULL, **local = NULL;
+        size_t n = 0, a = 0;
+        const char *rn, *ln;
+        int r;
+
+        r = sd_bus_message_enter_container(msg, 'a', "(ss)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(msg, "(ss)", &rn, &ln)) > 0) {
+                if (n >= ADD_FILE_SET_MAX)
+                        return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_FILES_IN_JOB,
+                                                 "More than %u files in one AddFileSet call.", ADD_FILE_SET_MAX);
+                if (n == a) {
+                        a = a ? a * 2 : 16;
+                        char **x = reallocarray(remote, a, sizeof(char *)), **y;
+                        if (!x)
+                                return -ENOMEM;
+                        remote = x;
+                        y = reallocarray(local, a, sizeof(char *));
+                        if (!y)
+                                return -ENOMEM;
+                        local = y;
+                }
+                /* The strings live in the message until we reply. */
+                remote[n] = (char *) rn;
+                local[n] = (char *) ln;
+                n++;
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(msg);
+        if (r < 0)
+                return r;
+        r = manager_job_add_files(j->manager, j, remote, local, (unsigned) n, error);
+        if (r < 0)
+                return r;
+        return sd_bus_reply_method_return(msg, NULL);
+}
+
+static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Job *j = userdata;
+        int r;
+
+        r = sd_bus_message_new_method_return(msg, &reply);
+        if (r >= 0)
+                r = sd_bus_message_open_container(reply, 'a', "o");
+        for (unsigned i = 0; r >= 0 && i < j->n_files; i++) {
+                char path[256];
+                snprintf(path, sizeof(path), "%s/file/%u", j->object_path, i);
+                r = sd_bus_message_append(reply, "o", path);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_suspend(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        int r = manager_job_suspend(j->manager, j, error);
+        return r < 0 ? r : sd_bus_reply_method_return(msg, NULL);
+}
+
+static int method_resume(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        int r = manager_job_resume(j->manager, j, error);
+        return r < 0 ? r : sd_bus_reply_method_return(msg, NULL);
+}
+
+static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        int r = manager_job_cancel(j->manager, j, error);
+        return r < 0 ? r : sd_bus_reply_method_return(msg, NULL);
+}
+
+static int method_complete(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        const char *result = NULL;
+        int r = manager_job_complete(j->manager, j, &result, error);
+        return r < 0 ? r : sd_bus_reply_method_return(msg, "s", result);
+}
+
+/* ---- Job properties ---- */
+
+#define JOB_GETTER(name, sig, expr)                                                                     \
+        static int property_get_##name(sd_bus *bus, const char *path, const char *interface,           \
+                                       const char *property, sd_bus_message *reply, void *userdata,     \
+                                       sd_bus_error *error) {                                           \
+                Job *j = userdata;                                                                      \
+                return sd_bus_message_append(reply, sig, expr);                                        \
+        }
+
+JOB_GETTER(id, "s", j->id)
+JOB_GETTER(type, "s", job_type_to_string(j->type))
+JOB_GETTER(state, "s", job_state_to_string(j->state))
+JOB_GETTER(owner, "u", (uint32_t) j->owner)
+JOB_GETTER(display_name, "s", j->display_name)
+JOB_GETTER(description, "s", j->description)
+JOB_GETTER(priority, "s", job_priority_to_string(j->priority))
+JOB_GETTER(bytes_total, "t", job_bytes_total(j))
+JOB_GETTER(bytes_transferred, "t", job_bytes_transferred(j))
+JOB_GETTER(files_total, "u", (uint32_t) j->n_files)
+JOB_GETTER(files_transferred, "u", (uint32_t) job_files_transferred(j))
+JOB_GETTER(creation_time, "t", (uint64_t) j->creation_time)
+JOB_GETTER(modification_time, "t", (uint64_t) j->modification_time)
+JOB_GETTER(transfer_completion_time, "t", (uint64_t) j->transfer_completion_time)
+JOB_GETTER(error_count, "u", j->error_count)
+JOB_GETTER(notify_flags, "u", j->notify_flags)
+JOB_GETTER(minimum_retry_delay, "u", j->minimum_retry_delay)
+JOB_GETTER(no_progress_timeout, "u", j->no_progress_timeout)
+JOB_GETTER(maximum_download_time, "u", j->maximum_download_time)
+JOB_GETTER(notify_interval, "u", j->minimum_notification_interval_msec)
+
+static int property_get_error(sd_bus *bus, const char *path, const char *interface, const char *property,
+                              sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        char file[256] = "/";
+
+        if (j->error.file_index >= 0)
+                snprintf(file, sizeof(file), "%s/file/%d", j->object_path, j->error.file_index);
+        return sd_bus_message_append(reply, "(sssso)", error_context_to_string(j->error.context),
+                                     strempty(j->error.code), strempty(j->error.message),
+                                     strempty(j->error.protocol), file);
+}
+
+/* Every setter: not on final jobs, validated before anything changes, persisted before the reply. */
+static int job_commit_or_revert(Job *j, sd_bus_error *error, void *field, const void *old, size_t size) {
+        int r = manager_job_save(j->manager, j);
+        if (r < 0) {
+                memcpy(field, old, size);
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the change.");
+        }
+        return 0;
+}
+
+static int property_set_string(sd_bus *bus, const char *path, const char *interface, const char *property,
+                               sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        _cleanup_free_ char *msg = NULL;
+        const char *s;
+        bool is_name = streq(property, "DisplayName");
+        char **field = is_name ? &j->display_name : &j->description;
+        int r;
+
+        r = check_not_final(j, error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(value, "s", &s);
+        if (r < 0)
+                return r;
+        if (validate_display_name(s, is_name ? JOB_DISPLAY_NAME_MAX : JOB_DESCRIPTION_MAX, &msg) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_STRING_TOO_LONG, "%s %s.", property, strempty(msg));
+
+        char *copy = strdup(s);
+        if (!copy)
+                return -ENOMEM;
+        char *old = *field;
+        *field = copy;
+        r = manager_job_save(j->manager, j);
+        if (r < 0) {
+                *field = old;
+                free(copy);
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the change.");
+        }
+        free(old);
+        return 0;
+}
+
+static int property_set_priority(sd_bus *bus, const char *path, const char *interface, const char *property,
+                                 sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        const char *s;
+        int r;
+
+        r = check_not_final(j, error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(value, "s", &s);
+        if (r < 0)
+                return r;
+        JobPriority p = job_priority_from_string(s);
+        if (p < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Unknown priority '%.64s' (foreground, high, normal, low).", s);
+        JobPriority old = j->priority;
+        j->priority = p;
+        r = job_commit_or_revert(j, error, &j->priority, &old, sizeof(old));
+        if (r < 0)
+                return r;
+        manager_schedule(j->manager);
+        return 0;
+}
+
+static int property_set_u32(sd_bus *bus, const char *path, const char *interface, const char *property,
+                            sd_bus_message *value, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        uint32_t v, *field;
+        int r;
+
+        r = check_not_final(j, error);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_read(value, "u", &v);
+        if (r < 0)
+                return r;
+
+        if (streq(property, "NotifyFlags")) {
+                if (v & ~JOB_NOTIFY_FLAGS_VALID)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Unknown notify flags 0x%x in 0x%x (known: 0x%x).",
+                                                 v & ~JOB_NOTIFY_FLAGS_VALID, v, JOB_NOTIFY_FLAGS_VALID);
+                field = &j->notify_flags;
+        } else if (streq(property, "MinimumRetryDelay")) {
+                v = MAX(v, JOB_MIN_RETRY_DELAY_MIN);
+                field = &j->minimum_retry_delay;
+        } else if (streq(property, "NoProgressTimeout"))
+                field = &j->no_progress_timeout;
+        else if (streq(property, "MaximumDownloadTime"))
+                field = &j->maximum_download_time;
+        else
+                field = &j->minimum_notification_interval_msec;
+
+        uint32_t old = *field;
+        *field = v;
+        return job_commit_or_revert(j, error, field, &old, sizeof(old));
+}
+
+const sd_bus_vtable job_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("Id", "s", property_get_id, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("Type", "s", property_get_type, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("State", "s", property_get_state, 0, 0),
+        SD_BUS_PROPERTY("Owner", "u", property_get_owner, 0, 0),
+        SD_BUS_WRITABLE_PROPERTY("DisplayName", "s", property_get_display_name, property_set_string, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("Description", "s", property_get_description, property_set_string, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("Priority", "s", property_get_priority, property_set_priority, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("BytesTotal", "t", property_get_bytes_total, 0, 0),
+        SD_BUS_PROPERTY("BytesTransferred", "t", property_get_bytes_transferred, 0, 0),
+        SD_BUS_PROPERTY("FilesTotal", "u", property_get_files_total, 0, 0),
+        SD_BUS_PROPERTY("FilesTransferred", "u", property_get_files_transferred, 0, 0),
+        SD_BUS_PROPERTY("CreationTime", "t", property_get_creation_time, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("ModificationTime", "t", property_get_modification_time, 0, 0),
+        SD_BUS_PROPERTY("TransferCompletionTime", "t", property_get_transfer_completion_time, 0, 0),
+        SD_BUS_PROPERTY("ErrorCount", "u", property_get_error_count, 0, 0),
+        SD_BUS_PROPERTY("Error", "(sssso)", property_get_error, 0, 0),
+        SD_BUS_WRITABLE_PROPERTY("NotifyFlags", "u", property_get_notify_flags, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("MinimumRetryDelay", "u", property_get_minimum_retry_delay, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("NoProgressTimeout", "u", property_get_no_progress_timeout, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("MaximumDownloadTime", "u", property_get_maximum_download_time, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_WRITABLE_PROPERTY("MinimumNotificationIntervalMsec", "u", property_get_notify_interval, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AddFile", SD_BUS_ARGS("s", remote_url, "s", local_path), SD_BUS_NO_RESULT,
+                                method_add_file, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AddFileSet", SD_BUS_ARGS("a(ss)", files), SD_BUS_NO_RESULT,
+                                method_add_file_set, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListFiles", SD_BUS_NO_ARGS, SD_BUS_RESULT("ao", files),
+                                method_list_files, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("Suspend", NULL, NULL, method_suspend, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("Resume", NULL, NULL, method_resume, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Complete", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", result),
+                                method_complete, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_VTABLE_END,
+};
+
+/* ---- File ---- */
+
+#define FILE_GETTER(name, sig, expr)                                                                    \
+        static int property_get_file_##name(sd_bus *bus, const char *path, const char *interface,      \
+                                            const char *property, sd_bus_message *reply, void *userdata, \
+                                            sd_bus_error *error) {                                      \
+                BitsFile *f = userdata;                                                                 \
+                return sd_bus_message_append(reply, sig, expr);                                        \
+        }
+
+FILE_GETTER(remote_name, "s", f->remote_name)
+FILE_GETTER(local_name, "s", f->local_name)
+FILE_GETTER(temporary_name, "s", f->temp_name)
+FILE_GETTER(bytes_total, "t", f->bytes_total)
+FILE_GETTER(bytes_transferred, "t", f->bytes_transferred)
+FILE_GETTER(completed, "b", (int) f->completed)
+
+const sd_bus_vtable file_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_PROPERTY("RemoteName", "s", property_get_file_remote_name, 0, 0),
+        SD_BUS_PROPERTY("LocalName", "s", property_get_file_local_name, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("TemporaryName", "s", property_get_file_temporary_name, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_PROPERTY("BytesTotal", "t", property_get_file_bytes_total, 0, 0),
+        SD_BUS_PROPERTY("BytesTransferred", "t", property_get_file_bytes_transferred, 0, 0),
+        SD_BUS_PROPERTY("Completed", "b", property_get_file_completed, 0, 0),
+        SD_BUS_VTABLE_END,
+};

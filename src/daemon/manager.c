@@ -1,0 +1,921 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+
+#include "bus-errors.h"
+#include "bus-object.h"
+#include "log.h"
+#include "manager.h"
+
+#define FILES_PER_JOB_HARD_MAX 100000U  /* even for exempt callers */
+#define JOBS_HARD_MAX 1000000U
+
+static void job_runtime_free(Job *j);
+void manager_schedule(Manager *m);
+static void job_start(Manager *m, Job *j);
+static void job_transient_error(Manager *m, Job *j, uint32_t retry_after);
+static void job_fatal_error(Manager *m, Job *j);
+
+bool manager_uid_is_exempt(uid_t uid) {
+        return uid <= 999;
+}
+
+static JobRuntime *job_runtime(Job *j) {
+        if (!j->runtime)
+                j->runtime = calloc(1, sizeof(JobRuntime));
+        return j->runtime;
+}
+
+static void job_runtime_free(Job *j) {
+        JobRuntime *rt = j->runtime;
+        if (!rt)
+                return;
+        transfer_free(rt->transfer);
+        sd_event_source_disable_unref(rt->retry_timer);
+        sd_event_source_disable_unref(rt->deadline_timer);
+        sd_event_source_disable_unref(rt->expire_timer);
+        j->runtime = mfree(rt);
+}
+
+static void manager_job_free(Job *j) {
+        job_runtime_free(j);
+        job_free(j);
+}
+
+Job *manager_get_job(Manager *m, const char *id) {
+        char canonical[37], hex[33];
+        if (strlen(id) == 32 && id_from_hex(id, canonical) >= 0)
+                return hashmap_get(m->jobs, id);
+        if (id_normalize(id, canonical) < 0)
+                return NULL;
+        id_to_hex(canonical, hex);
+        return hashmap_get(m->jobs, hex);
+}
+
+/* ---- persistence ---- */
+
+static int job_persist(Manager *m, Job *j, bool with_files) {
+        int r = store_begin(m->store);
+        if (r < 0)
+                return r;
+        r = store_save_job(m->store, j);
+        for (unsigned i = 0; r >= 0 && with_files && i < j->n_files; i++)
+                r = store_save_file(m->store, j->files[i]);
+        if (r >= 0)
+                r = store_commit(m->store);
+        else
+                store_rollback(m->store);
+        if (r < 0)
+                log_error_errno(r, "Job %s: cannot record its state: %s", j->id, store_last_error(m->store));
+        return r;
+}
+
+int manager_job_save(Manager *m, Job *j) {
+        j->modification_time = now(CLOCK_REALTIME);
+        return job_persist(m, j, false);
+}
+
+/* ---- state changes ---- */
+
+static int on_deadline(sd_event_source *s, uint64_t usec, void *userdata);
+
+static void job_enter_state(Manager *m, Job *j, JobState s) {
+        JobRuntime *rt = job_runtime(j);
+        usec_t mono = now(CLOCK_MONOTONIC);
+        bool was_active = job_state_is_active(j->state), active = job_state_is_active(s);
+
+        if (j->state == s)
+                return;
+        log_debug("Job %s: %s -> %s", j->id, job_state_to_string(j->state), job_state_to_string(s));
+
+        if (was_active && !active) {
+                j->active_usec += usec_sub(mono, j->active_since);
+                j->active_since = 0;
+                rt->deadline_timer = sd_event_source_disable_unref(rt->deadline_timer);
+                manager_schedule(m); /* a slot is free */
+        }
+        if (!was_active && active) {
+                usec_t limit = (usec_t) j->maximum_download_time * USEC_PER_SEC;
+                j->active_since = mono;
+                if (sd_event_add_time(m->event, &rt->deadline_timer, CLOCK_MONOTONIC,
+                                      usec_add(mono, usec_sub(limit, j->active_usec)), USEC_PER_SEC / 10,
+                                      on_deadline, j) >= 0)
+                        (void) sd_event_source_set_description(rt->deadline_timer, "max-download-time");
+        }
+        if (s != JOB_TRANSIENT_ERROR) {
+                rt->retry_timer = sd_event_source_disable_unref(rt->retry_timer);
+                j->retry_time = 0;
+        }
+        if (s == JOB_QUEUED) {
+                j->queued_seq = ++m->queue_seq;
+                manager_schedule(m);
+        }
+        j->state = s;
+        j->modification_time = now(CLOCK_REALTIME);
+}
+
+/* Stop the job's transfer (if any) keeping every byte received. */
+static void job_stop_transfer(Manager *m, Job *j) {
+        JobRuntime *rt = j->runtime;
+        if (rt && rt->transfer)
+                rt->transfer = transfer_free(rt->transfer);
+}
+
+static int on_expire(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+        Manager *m = j->manager;
+        log_debug("Job %s: retention over, removing its objects.", j->id);
+        hashmap_remove(m->jobs, j->hex);
+        manager_job_free(j);
+        return 0;
+}
+
+/* acknowledged/cancelled: gone from the store and the listings; the objects stay for a while. */
+static int job_finalize(Manager *m, Job *j, JobState final) {
+        JobRuntime *rt = job_runtime(j);
+        int r;
+
+        r = store_begin(m->store);
+        if (r >= 0)
+                r = store_delete_job(m->store, j->id);
+        if (r >= 0)
+                r = store_commit(m->store);
+        else
+                store_rollback(m->store);
+        if (r < 0)
+                return log_error_errno(r, "Job %s: cannot remove it from the store: %s", j->id, store_last_error(m->store));
+
+        job_enter_state(m, j, final);
+        m->n_live_jobs--;
+        j->final_time = now(CLOCK_MONOTONIC);
+        rt->retry_timer = sd_event_source_disable_unref(rt->retry_timer);
+        rt->deadline_timer = sd_event_source_disable_unref(rt->deadline_timer);
+        r = sd_event_add_time_relative(m->event, &rt->expire_timer, CLOCK_MONOTONIC,
+                                       (usec_t) m->config.final_job_retention_sec * USEC_PER_SEC, USEC_PER_SEC,
+                                       on_expire, j);
+        if (r < 0) {
+                hashmap_remove(m->jobs, j->hex);
+                manager_job_free(j);
+                return 0;
+        }
+        log_info("Job %s: %s.", j->id, job_state_to_string(final));
+        return 0;
+}
+
+static int on_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+        Manager *m = j->manager;
+        usec_t t = now(CLOCK_REALTIME);
+        usec_t give_up = usec_add(j->no_progress_since, (usec_t) j->no_progress_timeout * USEC_PER_SEC);
+
+        JobRuntime *rt = job_runtime(j);
+        rt->retry_timer = sd_event_source_disable_unref(rt->retry_timer);
+        if (j->state != JOB_TRANSIENT_ERROR)
+                return 0;
+        if (j->no_progress_since != 0 && t >= give_up) {
+                log_info("Job %s: no progress for %" PRIu32 " s, giving up.", j->id, j->no_progress_timeout);
+                job_enter_state(m, j, JOB_ERROR);
+                (void) job_persist(m, j, false);
+                return 0;
+        }
+        job_enter_state(m, j, JOB_QUEUED);
+        (void) job_persist(m, j, false);
+        return 0;
+}
+
+static void job_arm_retry(Manager *m, Job *j) {
+        JobRuntime *rt = job_runtime(j);
+        usec_t t = now(CLOCK_REALTIME);
+        usec_t give_up = usec_add(j->no_progress_since, (usec_t) j->no_progress_timeout * USEC_PER_SEC);
+        usec_t when = MIN(j->retry_time, give_up);
+
+        rt->retry_timer = sd_event_source_disable_unref(rt->retry_timer);
+        /* Persisted in wall-clock time; waited for on the monotonic clock. */
+        if (sd_event_add_time_relative(m->event, &rt->retry_timer, CLOCK_MONOTONIC, usec_sub(when, t),
+                                       USEC_PER_SEC / 10, on_retry, j) >= 0)
+                (void) sd_event_source_set_description(rt->retry_timer, "retry");
+}
+
+static void job_transient_error(Manager *m, Job *j, uint32_t retry_after) {
+        bool fatal;
+        usec_t retry_at, give_up;
+
+        job_stop_transfer(m, j);
+        j->error_count++;
+        job_retry_plan(now(CLOCK_REALTIME), &j->no_progress_since, j->minimum_retry_delay, j->no_progress_timeout,
+                       retry_after, &fatal, &retry_at, &give_up);
+        if (fatal) {
+                log_info("Job %s: %s (%s); no more retries.", j->id, strempty(j->error.message), strempty(j->error.code));
+                job_enter_state(m, j, JOB_ERROR);
+        } else {
+                log_info("Job %s: %s (%s); retrying in %" PRIu64 " s.", j->id, strempty(j->error.message),
+                         strempty(j->error.code), usec_sub(retry_at, now(CLOCK_REALTIME)) / USEC_PER_SEC);
+                job_enter_state(m, j, JOB_TRANSIENT_ERROR);
+                j->retry_time = retry_at;
+                job_arm_retry(m, j);
+        }
+        (void) job_persist(m, j, true);
+}
+
+static void job_fatal_error(Manager *m, Job *j) {
+        job_stop_transfer(m, j);
+        j->error_count++;
+        log_info("Job %s: %s (%s).", j->id, strempty(j->error.message), strempty(j->error.code));
+        job_enter_state(m, j, JOB_ERROR);
+        (void) job_persist(m, j, true);
+}
+
+static int on_deadline(sd_event_source *s, uint64_t usec, void *userdata) {
+        Job *j = userdata;
+        Manager *m = j->manager;
+        JobRuntime *rt = job_runtime(j);
+
+        rt->deadline_timer = sd_event_source_disable_unref(rt->deadline_timer);
+        if (!job_state_is_active(j->state))
+                return 0;
+        BitsFile *f = job_next_pending_file(j);
+        (void) job_set_error(j, ERROR_CONTEXT_QUEUE_MANAGER, "bits:MaxDownloadTimeout", f ? remote_protocol(f->remote_name) : "",
+                             f ? (int) f->index : -1, "The job was active for longer than MaximumDownloadTime (%" PRIu32 " s)",
+                             j->maximum_download_time);
+        job_fatal_error(m, j);
+        return 0;
+}
+
+/* ---- the transfer engine's callbacks ---- */
+
+static void on_transfer_connected(Transfer *t, Job *j, void *userdata) {
+        Manager *m = userdata;
+        if (j->state == JOB_CONNECTING) {
+                job_enter_state(m, j, JOB_TRANSFERRING);
+                (void) job_persist(m, j, false);
+        }
+}
+
+static void on_transfer_checkpoint(Transfer *t, Job *j, BitsFile *f, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        j->no_progress_since = 0; /* progress: the no-progress clock starts over */
+        j->modification_time = now(CLOCK_REALTIME);
+        r = store_begin(m->store);
+        if (r >= 0)
+                r = store_save_file(m->store, f);
+        if (r >= 0)
+                r = store_save_job(m->store, j);
+        if (r >= 0)
+                r = store_commit(m->store);
+        else
+                store_rollback(m->store);
+        if (r < 0)
+                log_warning_errno(r, "Job %s: cannot record progress: %s", j->id, store_last_error(m->store));
+}
+
+static void on_transfer_finished(Transfer *t, Job *j, BitsFile *f, TransferOutcome o, uint32_t retry_after, void *userdata) {
+        Manager *m = userdata;
+        JobRuntime *rt = job_runtime(j);
+
+        if (rt->transfer == t)
+                rt->transfer = NULL;
+        transfer_free(t);
+
+        switch (o) {
+        case TRANSFER_DONE:
+                log_debug("Job %s: file %u done (%" PRIu64 " bytes).", j->id, f->index, f->bytes_total);
+                if (job_next_pending_file(j)) {
+                        job_start(m, j);
+                        return;
+                }
+                job_error_info_clear(&j->error);
+                job_enter_state(m, j, JOB_TRANSFERRED);
+                j->transfer_completion_time = now(CLOCK_REALTIME);
+                log_info("Job %s: transferred (%u files, %" PRIu64 " bytes).", j->id, j->n_files, job_bytes_total(j));
+                (void) job_persist(m, j, true);
+                return;
+        case TRANSFER_TRANSIENT:
+                job_transient_error(m, j, retry_after);
+                return;
+        case TRANSFER_FATAL:
+                job_fatal_error(m, j);
+                return;
+        }
+}
+
+/* ---- scheduling ---- */
+
+static int identity_for_job(Job *j, Identity *ret) {
+        int r = identity_from_uid(j->owner, ret);
+        /* A UID without a passwd entry still has its own permissions; just no groups. */
+        return r == -ESRCH ? 0 : r;
+}
+
+static void job_start(Manager *m, Job *j) {
+        JobRuntime *rt = job_runtime(j);
+        BitsFile *f = job_next_pending_file(j);
+        Identity id;
+        bool transient = false;
+        int r;
+
+        if (!f) {
+                job_enter_state(m, j, JOB_TRANSFERRED);
+                j->transfer_completion_time = now(CLOCK_REALTIME);
+                (void) job_persist(m, j, false);
+                return;
+        }
+        if (j->state == JOB_QUEUED)
+                job_enter_state(m, j, JOB_CONNECTING);
+
+        r = identity_for_job(j, &id);
+        if (r < 0) {
+                (void) job_set_error(j, ERROR_CONTEXT_QUEUE_MANAGER, "errno:EINVAL", "", (int) f->index,
+                                     "Cannot look up the groups of uid %u", (unsigned) j->owner);
+                job_transient_error(m, j, 0);
+                return;
+        }
+        r = transfer_start(m->engine, j, f, &id, &rt->transfer, &transient);
+        if (r < 0) {
+                rt->transfer = NULL;
+                if (transient)
+                        job_transient_error(m, j, 0);
+                else
+                        job_fatal_error(m, j);
+                return;
+        }
+        (void) job_persist(m, j, false);
+}
+
+static int cmp_queued(const void *a, const void *b) {
+        const Job *x = *(Job *const *) a, *y = *(Job *const *) b;
+        if (x->priority != y->priority)
+                return x->priority < y->priority ? -1 : 1;
+        return x->queued_seq < y->queued_seq ? -1 : x->queued_seq > y->queued_seq;
+}
+
+/* BITS: every foreground job runs; of the background jobs, the most urgent ones (up to
+ * MaxBackgroundJobs) run, and a more urgent job preempts a less urgent one. */
+static int on_schedule(sd_event_source *s, void *userdata) {
+        Manager *m = userdata;
+        _cleanup_free_ Job **queued = NULL, **running = NULL;
+        size_t n_queued = 0, n_running = 0, n_alloc = hashmap_size(m->jobs);
+        Job *j;
+
+        if (n_alloc == 0)
+                return 0;
+        queued = calloc(n_alloc, sizeof(Job *));
+        running = calloc(n_alloc, sizeof(Job *));
+        if (!queued || !running)
+                return log_oom();
+
+        HASHMAP_FOREACH(j, m->jobs) {
+                if (j->state == JOB_QUEUED)
+                        queued[n_queued++] = j;
+                else if (job_state_is_active(j->state) && j->priority != JOB_PRIORITY_FOREGROUND)
+                        running[n_running++] = j;
+        }
+        qsort(queued, n_queued, sizeof(Job *), cmp_queued);
+
+        for (size_t i = 0; i < n_queued; i++) {
+                j = queued[i];
+                if (j->priority == JOB_PRIORITY_FOREGROUND) {
+                        job_start(m, j);
+                        continue;
+                }
+                if (n_running < m->config.max_background_jobs) {
+                        running[n_running++] = j;
+                        job_start(m, j);
+                        continue;
+                }
+                /* Preempt the least urgent running job if this one is more urgent. */
+                size_t worst = 0;
+                for (size_t k = 1; k < n_running; k++)
+                        if (running[k]->priority > running[worst]->priority)
+                                worst = k;
+                if (n_running > 0 && running[worst]->priority > j->priority) {
+                        Job *victim = running[worst];
+                        log_debug("Job %s preempts job %s.", j->id, victim->id);
+                        job_stop_transfer(m, victim);
+                        job_enter_state(m, victim, JOB_QUEUED);
+                        (void) job_persist(m, victim, true);
+                        running[worst] = j;
+                        job_start(m, j);
+                }
+        }
+        return 0;
+}
+
+void manager_schedule(Manager *m) {
+        if (m->schedule_source)
+                (void) sd_event_source_set_enabled(m->schedule_source, SD_EVENT_ONESHOT);
+}
+
+/* ---- operations ---- */
+
+int manager_create_job(Manager *m, uid_t owner, const char *name, const char *type, Job **ret, sd_bus_error *error) {
+        _cleanup_free_ char *msg = NULL;
+        char id[37];
+        JobType t;
+        Job *j;
+        int r;
+
+        t = job_type_from_string(type);
+        if (t < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Unknown job type '%s' (download, upload, upload-reply).", type);
+        if (t != JOB_DOWNLOAD)
+                return sd_bus_error_setf(error, BITS_ERROR_NOT_SUPPORTED, "Job type '%s' is not supported yet.", type);
+        if (validate_display_name(name, JOB_DISPLAY_NAME_MAX, &msg) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_STRING_TOO_LONG, "Display name %s.", strempty(msg));
+
+        if (m->n_live_jobs >= JOBS_HARD_MAX)
+                return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_JOBS_PER_MACHINE,
+                                         "There are %u jobs, the most this machine keeps.", m->n_live_jobs);
+        if (!manager_uid_is_exempt(owner)) {
+                unsigned mine = 0;
+                if (m->n_live_jobs >= m->config.max_jobs_per_machine)
+                        return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_JOBS_PER_MACHINE,
+                                                 "There are %u jobs, MaxJobsPerMachine is %u.", m->n_live_jobs,
+                                                 m->config.max_jobs_per_machine);
+                HASHMAP_FOREACH(j, m->jobs)
+                        mine += j->owner == owner && !job_state_is_final(j->state);
+                if (mine >= m->config.max_jobs_per_user)
+                        return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_JOBS_PER_USER,
+                                                 "User %u has %u jobs, MaxJobsPerUser is %u.", (unsigned) owner, mine,
+                                                 m->config.max_jobs_per_user);
+        }
+
+        do {
+                r = id_generate(id);
+                if (r < 0)
+                        return r;
+        } while (manager_get_job(m, id));
+
+        _cleanup_(job_freep) Job *nj = job_new(id, t, owner, now(CLOCK_REALTIME));
+        if (!nj || free_and_strdup(&nj->display_name, name) < 0)
+                return -ENOMEM;
+        nj->manager = m;
+
+        r = job_persist(m, nj, false);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the new job: %s", store_last_error(m->store));
+        r = hashmap_put(m->jobs, nj->hex, nj);
+        if (r < 0)
+                return r;
+        m->n_live_jobs++;
+        log_info("Job %s created by uid %u: '%s'.", nj->id, (unsigned) owner, nj->display_name);
+        *ret = TAKE_PTR(nj);
+        return 0;
+}
+
+static bool job_has_local_name(Job *j, const char *path) {
+        for (unsigned i = 0; i < j->n_files; i++)
+                if (streq(j->files[i]->local_name, path) || streq(j->files[i]->temp_name, path))
+                        return true;
+        return false;
+}
+
+static int make_temp_name(Job *j, const char *local, char **ret) {
+        _cleanup_free_ char *copy = strdup(local);
+        if (!copy)
+                return -ENOMEM;
+        const char *dir = dirname(copy);
+        for (unsigned attempt = 0; attempt < 16; attempt++) {
+                uint32_t x;
+                char *p;
+                if (getrandom(&x, sizeof(x), 0) != sizeof(x))
+                        return -EIO;
+                if (asprintf(&p, "%s/.BIT%08" PRIX32 ".TMP", streq(dir, "/") ? "" : dir, x) < 0)
+                        return -ENOMEM;
+                if (!job_has_local_name(j, p)) {
+                        *ret = p;
+                        return 0;
+                }
+                free(p);
+        }
+        return -EEXIST;
+}
+
+static int map_validation_error(sd_bus_error *error, int r, const char *msg) {
+        if (r == -E2BIG)
+                return sd_bus_error_setf(error, BITS_ERROR_STRING_TOO_LONG, "%s.", strempty(msg));
+        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s.", strempty(msg));
+}
+
+int manager_job_add_files(Manager *m, Job *j, char **remote, char **local, unsigned n, sd_bus_error *error) {
+        BitsFile **files = NULL;
+        unsigned made = 0;
+        Identity id;
+        int r;
+
+        if (job_state_is_final(j->state))
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        if (n == 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "No files given.");
+        if (j->type != JOB_DOWNLOAD && j->n_files + n > 1)
+                return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_FILES, "An upload job takes exactly one file.");
+        unsigned limit = manager_uid_is_exempt(j->owner) ? FILES_PER_JOB_HARD_MAX : m->config.max_files_per_job;
+        if (n > limit || j->n_files + n > limit)
+                return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_FILES_IN_JOB,
+                                         "Job %s has %u files, %u more would exceed the limit of %u.", j->id,
+                                         j->n_files, n, limit);
+
+        /* Everything is checked before anything changes. */
+        for (unsigned i = 0; i < n; i++) {
+                _cleanup_free_ char *msg = NULL;
+                r = validate_remote_name(remote[i], &msg);
+                if (r < 0)
+                        return map_validation_error(error, r, msg);
+                r = validate_local_path(local[i], &msg);
+                if (r < 0)
+                        return map_validation_error(error, r, msg);
+                if (job_has_local_name(j, local[i]))
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Local name '%s' is already used by a file of job %s.", local[i], j->id);
+                for (unsigned k = 0; k < i; k++)
+                        if (streq(local[k], local[i]))
+                                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                         "Local name '%s' is given twice.", local[i]);
+        }
+
+        r = identity_for_job(j, &id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, -r, "Cannot look up the groups of uid %u.", (unsigned) j->owner);
+        for (unsigned i = 0; i < n; i++) {
+                _cleanup_free_ char *copy = strdup(local[i]);
+                if (!copy)
+                        return -ENOMEM;
+                const char *dir = dirname(copy);
+                r = file_ops_check_dir(m->file_ops, &id, dir);
+                if (r == -EACCES || r == -EPERM)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                                 "Directory '%s' is not writable by uid %u.", dir, (unsigned) j->owner);
+                if (r < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Directory '%s' of '%s' is not usable: %s.",
+                                                 dir, local[i], strerror(-r));
+                r = file_ops_check_target(m->file_ops, &id, local[i]);
+                if (r == -EACCES || r == -EPERM)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                                 "Existing file '%s' is not writable by uid %u.", local[i], (unsigned) j->owner);
+                if (r < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Local name '%s' is not usable: %s.",
+                                                 local[i], strerror(-r));
+        }
+
+        files = calloc(n, sizeof(BitsFile *));
+        if (!files)
+                return -ENOMEM;
+        for (made = 0; made < n; made++) {
+                _cleanup_free_ char *temp = NULL;
+                r = make_temp_name(j, local[made], &temp);
+                if (r < 0)
+                        goto fail;
+                files[made] = bits_file_new(remote[made], local[made], temp);
+                if (!files[made]) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                files[made]->job = j;
+                files[made]->index = j->n_files + made;
+        }
+
+        j->modification_time = now(CLOCK_REALTIME);
+        r = store_begin(m->store);
+        for (unsigned i = 0; r >= 0 && i < n; i++)
+                r = store_save_file(m->store, files[i]);
+        if (r >= 0)
+                r = store_save_job(m->store, j);
+        if (r >= 0)
+                r = store_commit(m->store);
+        else
+                store_rollback(m->store);
+        if (r < 0) {
+                sd_bus_error_set_errnof(error, -r, "Cannot record the files: %s", store_last_error(m->store));
+                goto fail;
+        }
+        r = job_append_files(j, files, n);
+        if (r < 0)
+                goto fail;
+        free(files);
+        log_debug("Job %s: %u file(s) added, %u in all.", j->id, n, j->n_files);
+        return 0;
+fail:
+        for (unsigned i = 0; i < made; i++)
+                bits_file_free(files[i]);
+        free(files);
+        return r;
+}
+
+int manager_job_resume(Manager *m, Job *j, sd_bus_error *error) {
+        int next, r;
+
+        if (j->n_files == 0)
+                return sd_bus_error_setf(error, BITS_ERROR_EMPTY, "Job %s has no files.", j->id);
+        next = job_state_next(j->state, JOB_EVENT_RESUME, job_next_pending_file(j) != NULL);
+        if (next < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+
+        if (j->state == JOB_ERROR || j->state == JOB_TRANSIENT_ERROR || j->state == JOB_SUSPENDED) {
+                job_error_info_clear(&j->error);
+                j->no_progress_since = 0;
+                j->active_usec = 0; /* Resume starts MaximumDownloadTime over */
+        }
+        if ((JobState) next == j->state)
+                return 0;
+        JobState old = j->state;
+        job_enter_state(m, j, (JobState) next);
+        if (next == JOB_TRANSFERRED)
+                j->transfer_completion_time = now(CLOCK_REALTIME);
+        r = job_persist(m, j, false);
+        if (r < 0) {
+                job_enter_state(m, j, old);
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
+        }
+        return 0;
+}
+
+int manager_job_suspend(Manager *m, Job *j, sd_bus_error *error) {
+        if (job_state_next(j->state, JOB_EVENT_SUSPEND, false) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        if (j->state == JOB_SUSPENDED)
+                return 0;
+        /* Stopped before we answer, so BytesTransferred no longer moves once Suspend returned. */
+        job_stop_transfer(m, j);
+        job_enter_state(m, j, JOB_SUSPENDED);
+        int r = job_persist(m, j, true);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
+        return 0;
+}
+
+/* Removes temporary files as the owner. Returns the number that could not be removed. */
+static unsigned job_remove_temp_files(Manager *m, Job *j, const Identity *id, bool only_incomplete) {
+        unsigned failed = 0;
+        for (unsigned i = 0; i < j->n_files; i++) {
+                BitsFile *f = j->files[i];
+                if (f->completed || (only_incomplete && bits_file_is_transferred(f)) || !f->temp_created)
+                        continue;
+                int r = file_ops_unlink(m->file_ops, id, f->temp_name);
+                if (r < 0 && r != -ENOENT) {
+                        log_warning_errno(r, "Job %s: cannot remove '%s' as uid %u: %m", j->id, f->temp_name, (unsigned) id->uid);
+                        failed++;
+                } else
+                        f->temp_created = false;
+        }
+        return failed;
+}
+
+int manager_job_cancel(Manager *m, Job *j, sd_bus_error *error) {
+        Identity id;
+        int r;
+
+        if (job_state_next(j->state, JOB_EVENT_CANCEL, false) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        job_stop_transfer(m, j);
+        r = identity_for_job(j, &id);
+        if (r >= 0)
+                (void) job_remove_temp_files(m, j, &id, false);
+        r = job_finalize(m, j, JOB_CANCELLED);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
+        return 0;
+}
+
+int manager_job_complete(Manager *m, Job *j, const char **ret_result, sd_bus_error *error) {
+        bool partial = false;
+        Identity id;
+        int r;
+
+        if (job_state_next(j->state, JOB_EVENT_COMPLETE, false) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        r = identity_for_job(j, &id);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, -r, "Cannot look up the groups of uid %u.", (unsigned) j->owner);
+
+        job_stop_transfer(m, j);
+        if (job_state_is_active(j->state)) {
+                job_enter_state(m, j, JOB_SUSPENDED);
+                (void) job_persist(m, j, true);
+        }
+
+        for (unsigned i = 0; i < j->n_files; i++) {
+                BitsFile *f = j->files[i];
+                if (f->completed)
+                        continue;
+                if (!bits_file_is_transferred(f)) {
+                        partial = true;
+                        continue;
+                }
+                r = file_ops_check_target(m->file_ops, &id, f->local_name);
+                if (r >= 0)
+                        r = file_ops_rename(m->file_ops, &id, f->temp_name, f->local_name);
+                if (r < 0) {
+                        (void) job_persist(m, j, true);
+                        if (r == -EACCES || r == -EPERM)
+                                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                                         "Cannot rename '%s' to '%s' as uid %u: %s.", f->temp_name,
+                                                         f->local_name, (unsigned) id.uid, strerror(-r));
+                        return sd_bus_error_set_errnof(error, -r, "Cannot rename '%s' to '%s' as uid %u: %s.", f->temp_name,
+                                                       f->local_name, (unsigned) id.uid, strerror(-r));
+                }
+                f->completed = true;
+                f->temp_created = false;
+        }
+
+        unsigned undeleted = job_remove_temp_files(m, j, &id, true);
+        r = job_finalize(m, j, JOB_ACKNOWLEDGED);
+        if (r < 0)
+                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
+        *ret_result = undeleted > 0 ? "unable-to-delete-files" : partial ? "partial" : "complete";
+        return 0;
+}
+
+/* ---- startup ---- */
+
+static int load_job(Job *j, void *userdata) {
+        Manager *m = userdata;
+        int r;
+
+        j->manager = m;
+        if (job_state_is_final(j->state)) {
+                /* Finalized jobs are deleted in the same transaction; this one was not. */
+                log_warning("Job %s is %s in the store, dropping it.", j->id, job_state_to_string(j->state));
+                job_free(j);
+                return 0;
+        }
+        r = hashmap_put(m->jobs, j->hex, j);
+        if (r < 0) {
+                job_free(j);
+                return r;
+        }
+        m->n_live_jobs++;
+
+        /* A job that was running when the daemon stopped continues from its last checkpoint. */
+        if (job_state_is_active(j->state))
+                j->state = JOB_QUEUED;
+        if (j->state == JOB_QUEUED)
+                j->queued_seq = ++m->queue_seq;
+        if (j->state == JOB_TRANSIENT_ERROR)
+                job_arm_retry(m, j);
+        return 0;
+}
+
+static int move_aside(const char *path) {
+        char aside[PATH_MAX];
+        snprintf(aside, sizeof(aside), "%s.corrupt-%" PRIu64, path, (uint64_t) time(NULL));
+        if (rename(path, aside) < 0)
+                return -errno;
+        log_error("Database '%s' is damaged; moved it aside to '%s' and starting with an empty one.", path, aside);
+        return 0;
+}
+
+static int open_store(Manager *m) {
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (mkdir(m->state_dir, 0700) < 0 && errno != EEXIST)
+                return log_error_errno(errno, "Cannot create state directory '%s': %m", m->state_dir);
+        if (asprintf(&path, "%s/bitsd.db", m->state_dir) < 0)
+                return log_oom();
+
+        r = store_open(path, &m->store);
+        if (r == -EBADMSG) {
+                r = move_aside(path);
+                if (r < 0)
+                        return log_error_errno(r, "Database '%s' is damaged and cannot be moved aside: %m", path);
+                r = store_open(path, &m->store);
+        }
+        if (r < 0)
+                return log_error_errno(r, "Cannot use database '%s': %m", path);
+        (void) chmod(path, 0600);
+
+        r = store_load(m->store, load_job, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot load jobs from '%s': %m", path);
+        log_info("Loaded %d job(s) from '%s'.", r, path);
+        return 0;
+}
+
+static int on_gc(sd_event_source *s, uint64_t usec, void *userdata) {
+        Manager *m = userdata;
+        file_ops_gc(m->file_ops);
+        (void) sd_event_source_set_time_relative(s, 10 * USEC_PER_SEC);
+        return 0;
+}
+
+static int on_sigterm(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        Manager *m = userdata;
+        log_info("Received %s, stopping.", si->ssi_signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        return sd_event_exit(m->event, 0);
+}
+
+int manager_new(Manager **ret) {
+        _cleanup_(manager_freep) Manager *m = calloc(1, sizeof(Manager));
+        int r;
+
+        if (!m)
+                return -ENOMEM;
+        config_init(&m->config);
+        m->jobs = hashmap_new();
+        m->callers = hashmap_new();
+        if (!m->jobs || !m->callers)
+                return -ENOMEM;
+        r = sd_event_default(&m->event);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+Manager *manager_free(Manager *m) {
+        Job *j;
+
+        if (!m)
+                return NULL;
+        if (m->jobs) {
+                HASHMAP_FOREACH(j, m->jobs) {
+                        /* Stopping a transfer flushes its data; record the checkpoint it reached. */
+                        JobRuntime *rt = j->runtime;
+                        if (rt && rt->transfer && m->store) {
+                                rt->transfer = transfer_free(rt->transfer);
+                                (void) job_persist(m, j, true);
+                        }
+                        manager_job_free(j);
+                }
+                hashmap_free(m->jobs);
+        }
+        bus_callers_free(m);
+        hashmap_free(m->callers);
+        sd_event_source_disable_unref(m->schedule_source);
+        sd_event_source_disable_unref(m->gc_timer);
+        transfer_engine_free(m->engine);
+        file_ops_free(m->file_ops);
+        store_free(m->store);
+        sd_bus_flush_close_unref(m->bus);
+        sd_event_unref(m->event);
+        free(m->bus_address);
+        free(m->state_dir);
+        free(m->config_path);
+        return mfree(m);
+}
+
+int manager_startup(Manager *m) {
+        static const TransferCallbacks callbacks = {
+                .connected = on_transfer_connected,
+                .checkpoint = on_transfer_checkpoint,
+                .finished = on_transfer_finished,
+        };
+        int r;
+
+        r = config_load(&m->config, m->config_path ?: BITSD_CONFIG_FILE, !m->config_path);
+        if (r < 0)
+                return r;
+
+        r = file_ops_new(&m->file_ops, 0, 0, 0);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up file workers: %m");
+        r = transfer_engine_new(m->event, &m->config, m->file_ops, &callbacks, m, &m->engine);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the transfer engine: %m");
+
+        r = sd_event_add_defer(m->event, &m->schedule_source, on_schedule, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->schedule_source, SD_EVENT_OFF);
+        (void) sd_event_source_set_priority(m->schedule_source, SD_EVENT_PRIORITY_NORMAL + 10);
+        (void) sd_event_source_set_description(m->schedule_source, "schedule");
+
+        r = sd_event_add_time_relative(m->event, &m->gc_timer, CLOCK_MONOTONIC, 10 * USEC_PER_SEC, USEC_PER_SEC, on_gc, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(m->gc_timer, SD_EVENT_ON);
+
+        sigset_t ss;
+        sigemptyset(&ss);
+        sigaddset(&ss, SIGTERM);
+        sigaddset(&ss, SIGINT);
+        sigaddset(&ss, SIGPIPE);
+        if (sigprocmask(SIG_BLOCK, &ss, NULL) < 0)
+                return -errno;
+        r = sd_event_add_signal(m->event, NULL, SIGTERM, on_sigterm, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, NULL, SIGINT, on_sigterm, m);
+        if (r < 0)
+                return r;
+
+        r = open_store(m);
+        if (r < 0)
+                return r;
+
+        r = bus_setup(m);
+        if (r < 0)
+                return r;
+
+        manager_schedule(m);
+        return 0;
+}
+
+int manager_run(Manager *m) {
+        return sd_event_loop(m->event);
+}

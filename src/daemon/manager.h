@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "config.h"
+#include "file-ops.h"
+#include "hashmap.h"
+#include "job.h"
+#include "store.h"
+#include "transfer.h"
+
+typedef struct Manager {
+        sd_event *event;
+        sd_bus *bus;
+        char *bus_address;   /* NULL: the system bus */
+        char *state_dir;
+        char *config_path;
+        Config config;
+
+        Store *store;
+        FileOps *file_ops;
+        TransferEngine *engine;
+
+        Hashmap *jobs;       /* hex id -> Job, final ones included until they expire */
+        unsigned n_live_jobs; /* not final */
+        uint64_t queue_seq;
+
+        Hashmap *callers;    /* unique bus name -> CallerCache */
+        sd_event_source *schedule_source;
+        sd_event_source *gc_timer;
+} Manager;
+
+/* Per-job runtime state that is never persisted. */
+typedef struct JobRuntime {
+        Transfer *transfer;
+        sd_event_source *retry_timer;    /* transient-error -> queued, or -> error when the no-progress timeout ends */
+        sd_event_source *deadline_timer; /* MaximumDownloadTime */
+        sd_event_source *expire_timer;   /* final job leaves the bus */
+} JobRuntime;
+
+int manager_new(Manager **ret);
+Manager *manager_free(Manager *m);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Manager *, manager_free);
+
+int manager_startup(Manager *m);
+int manager_run(Manager *m);
+
+/* Lookup by hex or canonical id; final jobs are returned too (the bus layer decides). */
+Job *manager_get_job(Manager *m, const char *id);
+
+/* Operations, called by the bus layer after it checked access. Each validates fully before it
+ * changes anything, persists, and only then returns; user errors fill `error`. */
+int manager_create_job(Manager *m, uid_t owner, const char *name, const char *type, Job **ret, sd_bus_error *error);
+int manager_job_add_files(Manager *m, Job *j, char **remote, char **local, unsigned n, sd_bus_error *error);
+int manager_job_resume(Manager *m, Job *j, sd_bus_error *error);
+int manager_job_suspend(Manager *m, Job *j, sd_bus_error *error);
+int manager_job_cancel(Manager *m, Job *j, sd_bus_error *error);
+int manager_job_complete(Manager *m, Job *j, const char **ret_result, sd_bus_error *error);
+/* Persist a property change (bumps ModificationTime). */
+int manager_job_save(Manager *m, Job *j);
+
+bool manager_uid_is_exempt(uid_t uid);
+/* Re-evaluate which jobs run (after a priority change, a new queued job, a free slot). */
+void manager_schedule(Manager *m);
