@@ -9,7 +9,7 @@ pkgs=(
   libclang-rt-14-dev
   # hermetic test harness: bus, polkit, users, HTTP
   dbus dbus-daemon polkitd systemd util-linux nginx-light curl
-  python3 python3-dbus python3-gi
+  python3 python3-dbus python3-gi libglib2.0-bin
   # benchmarks
   aria2
 )
