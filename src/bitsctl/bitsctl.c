@@ -1182,14 +1182,10 @@ static int verb_set(sd_bus *bus, int argc, char **argv) {
         return job_set_property(bus, path, name, type, p);
 }
 
-/* Prints the local names of the files Complete() renamed into place. */
-static int print_completed_files(sd_bus *bus, const char *path) {
-        _cleanup_strv_free_ char **files = NULL;
+/* Prints the local names of the files Complete() renamed into place. The file list is taken
+ * before Complete: methods of a final job answer InvalidState, its properties stay readable. */
+static int print_completed_files(sd_bus *bus, char **files) {
         int r;
-
-        r = job_list_files(bus, path, &files);
-        if (r < 0)
-                return r;
 
         for (size_t k = 0; files[k]; k++) {
                 FileInfo fi;
@@ -1240,6 +1236,10 @@ static int follow_and_finish(sd_bus *bus, const char *id, const char *path, bool
         if (!complete)
                 return 0;
 
+        _cleanup_strv_free_ char **files = NULL;
+        r = job_list_files(bus, path, &files);
+        if (r < 0)
+                return r;
         r = job_call(bus, path, "Complete", &reply);
         if (r < 0) {
                 fprintf(stderr, "bitsctl: job %s is transferred but not completed; retry with 'bitsctl complete %s'.\n",
@@ -1254,7 +1254,7 @@ static int follow_and_finish(sd_bus *bus, const char *id, const char *path, bool
         else if (streq(result, "unable-to-delete-files"))
                 fprintf(stderr, "bitsctl: warning: some temporary files could not be deleted.\n");
 
-        return print_completed_files(bus, path);
+        return print_completed_files(bus, files);
 }
 
 static int verb_transfer(sd_bus *bus, int argc, char **argv) {

@@ -71,6 +71,9 @@ static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *
         Job *j = userdata;
         int r;
 
+        r = check_not_final(j, error);
+        if (r < 0)
+                return r;
         r = sd_bus_message_new_method_return(msg, &reply);
         if (r >= 0)
                 r = sd_bus_message_open_container(reply, 'a', "o");
