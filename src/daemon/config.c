@@ -132,9 +132,11 @@ int config_parse_file(Config *c, const char *path, bool optional) {
                 char *eq = strchr(l, '=');
                 if (!eq)
                         return log_error_errno(EINVAL, "%s:%u: expected Key=Value, got '%s'.", path, line, l);
-                if (!in_daemon)
-                        continue;
                 *eq = '\0';
+                if (!in_daemon) {
+                        log_warning("%s:%u: '%s' is outside the [Daemon] section, ignoring it.", path, line, strip(l));
+                        continue;
+                }
                 int r = apply(c, path, line, strip(l), strip(eq + 1));
                 if (r < 0)
                         return r;

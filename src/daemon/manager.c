@@ -250,6 +250,8 @@ static int on_deadline(sd_event_source *s, uint64_t usec, void *userdata) {
 static void on_transfer_connected(Transfer *t, Job *j, void *userdata) {
         Manager *m = userdata;
         if (j->state == JOB_CONNECTING) {
+                /* As in BITS, the error of a previous attempt stays visible until data flows again. */
+                job_error_info_clear(&j->error);
                 job_enter_state(m, j, JOB_TRANSFERRING);
                 (void) job_persist(m, j, false);
         }
@@ -762,10 +764,20 @@ static int load_job(Job *j, void *userdata) {
 }
 
 static int move_aside(const char *path) {
-        char aside[PATH_MAX];
-        snprintf(aside, sizeof(aside), "%s.corrupt-%" PRIu64, path, (uint64_t) time(NULL));
+        char aside[PATH_MAX], from[PATH_MAX + 8], to[PATH_MAX + 8];
+        uint64_t t = (uint64_t) time(NULL);
+
+        snprintf(aside, sizeof(aside), "%s.corrupt-%" PRIu64, path, t);
         if (rename(path, aside) < 0)
                 return -errno;
+        /* The write-ahead log belongs to the damaged file: it must never be applied to a new one. */
+        for (size_t i = 0; i < 2; i++) {
+                const char *suffix = i == 0 ? "-wal" : "-shm";
+                snprintf(from, sizeof(from), "%s%s", path, suffix);
+                snprintf(to, sizeof(to), "%s%s", aside, suffix);
+                if (rename(from, to) < 0 && errno != ENOENT)
+                        return -errno;
+        }
         log_error("Database '%s' is damaged; moved it aside to '%s' and starting with an empty one.", path, aside);
         return 0;
 }
@@ -801,6 +813,11 @@ static int on_gc(sd_event_source *s, uint64_t usec, void *userdata) {
         Manager *m = userdata;
         file_ops_gc(m->file_ops);
         (void) sd_event_source_set_time_relative(s, 10 * USEC_PER_SEC);
+        return 0;
+}
+
+static int on_sighup(sd_event_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        log_notice("Received SIGHUP: configuration changes take effect when bitsd is restarted.");
         return 0;
 }
 
@@ -896,11 +913,14 @@ int manager_startup(Manager *m) {
         sigaddset(&ss, SIGTERM);
         sigaddset(&ss, SIGINT);
         sigaddset(&ss, SIGPIPE);
+        sigaddset(&ss, SIGHUP);
         if (sigprocmask(SIG_BLOCK, &ss, NULL) < 0)
                 return -errno;
         r = sd_event_add_signal(m->event, NULL, SIGTERM, on_sigterm, m);
         if (r >= 0)
                 r = sd_event_add_signal(m->event, NULL, SIGINT, on_sigterm, m);
+        if (r >= 0)
+                r = sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m);
         if (r < 0)
                 return r;
 
