@@ -213,9 +213,12 @@ static int property_set_priority(sd_bus *bus, const char *path, const char *inte
         if (r < 0)
                 return r;
         JobPriority p = job_priority_from_string(s);
-        if (p < 0)
+        if (p < 0) {
+                char q[96];
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Unknown priority '%.64s' (foreground, high, normal, low).", s);
+                                         "Unknown priority '%s' (foreground, high, normal, low).",
+                                         value_for_message(s, q, sizeof(q)));
+        }
         JobPriority old = j->priority;
         j->priority = p;
         r = job_commit_or_revert(j, error, &j->priority, &old, sizeof(old));

@@ -34,9 +34,12 @@ static int method_get_job(sd_bus_message *msg, void *userdata, sd_bus_error *err
         r = sd_bus_message_read(msg, "s", &id);
         if (r < 0)
                 return r;
-        if (id_normalize(id, canonical) < 0)
+        if (id_normalize(id, canonical) < 0) {
+                char q[96];
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "'%.64s' is not a job id (a UUID, with or without braces or dashes).", id);
+                                         "'%s' is not a job id (a UUID, with or without braces or dashes).",
+                                         value_for_message(id, q, sizeof(q)));
+        }
         r = bus_caller_uid(m, msg, &uid);
         if (r < 0)
                 return r;

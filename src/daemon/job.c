@@ -358,28 +358,41 @@ static int fail(char **ret_message, int r, const char *format, ...) {
         return r;
 }
 
-/* A short, printable rendering of a user-supplied value for error messages. */
-static void quote_value(const char *s, char *buf, size_t size) {
+/* A short, printable rendering of a user-supplied value for error messages: control characters
+ * escaped, cut at a character boundary (the input is valid UTF-8, and so must the message be, or
+ * the bus refuses to send it). */
+const char *value_for_message(const char *s, char *buf, size_t size) {
         size_t k = 0;
-        for (; *s && k + 5 < size; s++) {
+        for (; *s; s++) {
                 unsigned char c = (unsigned char) *s;
+                size_t need = c < 0x20 || c == 0x7f ? 4 : 1;
+                /* Room for the whole character (a lead byte and its continuation bytes) and "...". */
+                if (c >= 0xc0)
+                        need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+                if (k + need + 4 > size)
+                        break;
                 if (c < 0x20 || c == 0x7f)
                         k += (size_t) snprintf(buf + k, size - k, "\\x%02x", c);
-                else
+                else if (c >= 0xc0) {
+                        memcpy(buf + k, s, need);
+                        k += need;
+                        s += need - 1;
+                } else
                         buf[k++] = (char) c;
         }
-        if (*s && k + 4 <= size) {
+        if (*s) {
                 memcpy(buf + k, "...", 3);
                 k += 3;
         }
         buf[k] = '\0';
+        return buf;
 }
 
 int validate_display_name(const char *s, unsigned max_chars, char **ret_message) {
         char q[96];
         size_t n = utf8_length(s);
         if (n > max_chars) {
-                quote_value(s, q, sizeof(q));
+                value_for_message(s, q, sizeof(q));
                 return fail(ret_message, -E2BIG, "'%s' is %zu characters long, at most %u are allowed", q, n, max_chars);
         }
         return 0;
@@ -472,7 +485,7 @@ int validate_remote_name(const char *s, char **ret_message) {
         char q[128];
         size_t len = strlen(s);
 
-        quote_value(s, q, sizeof(q));
+        value_for_message(s, q, sizeof(q));
         if (len == 0)
                 return fail(ret_message, -EINVAL, "remote name is empty");
         if (len > JOB_URL_MAX)
@@ -506,7 +519,7 @@ int validate_remote_name(const char *s, char **ret_message) {
 
 int validate_local_path(const char *s, char **ret_message) {
         char q[128];
-        quote_value(s, q, sizeof(q));
+        value_for_message(s, q, sizeof(q));
         if (s[0] == '\0')
                 return fail(ret_message, -EINVAL, "local name is empty");
         return check_path_shape(s, "local name", q, ret_message);

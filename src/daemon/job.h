@@ -207,6 +207,8 @@ int remote_local_path(const char *remote, char **ret);
 /* "http", "https" or "file". */
 const char *remote_protocol(const char *remote);
 size_t utf8_length(const char *s);
+/* A user value quoted for an error message: escaped, bounded, still valid UTF-8. */
+const char *value_for_message(const char *s, char *buf, size_t size);
 
 /* Retry arithmetic for a transient error at `now` (all CLOCK_REALTIME µs, delays in seconds).
  * Sets *ret_fatal when the job must go to error instead (no-progress timeout used up, or the

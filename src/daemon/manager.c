@@ -423,9 +423,12 @@ int manager_create_job(Manager *m, uid_t owner, const char *name, const char *ty
         int r;
 
         t = job_type_from_string(type);
-        if (t < 0)
+        if (t < 0) {
+                char q[96];
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                         "Unknown job type '%s' (download, upload, upload-reply).", type);
+                                         "Unknown job type '%s' (download, upload, upload-reply).",
+                                         value_for_message(type, q, sizeof(q)));
+        }
         if (t != JOB_DOWNLOAD)
                 return sd_bus_error_setf(error, BITS_ERROR_NOT_SUPPORTED, "Job type '%s' is not supported yet.", type);
         if (validate_display_name(name, JOB_DISPLAY_NAME_MAX, &msg) < 0)
@@ -612,6 +615,8 @@ fail:
 int manager_job_resume(Manager *m, Job *j, sd_bus_error *error) {
         int next, r;
 
+        if (job_state_is_final(j->state))
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
         if (j->n_files == 0)
                 return sd_bus_error_setf(error, BITS_ERROR_EMPTY, "Job %s has no files.", j->id);
         next = job_state_next(j->state, JOB_EVENT_RESUME, job_next_pending_file(j) != NULL);

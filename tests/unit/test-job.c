@@ -133,6 +133,38 @@ static void test_validation(void) {
         CHECK_STREQ(remote_protocol("https://x/"), "https");
 }
 
+static bool valid_utf8(const char *s) {
+        for (const unsigned char *p = (const unsigned char *) s; *p;) {
+                int n = *p < 0x80 ? 1 : (*p & 0xe0) == 0xc0 ? 2 : (*p & 0xf0) == 0xe0 ? 3 : (*p & 0xf8) == 0xf0 ? 4 : 0;
+                if (n == 0)
+                        return false;
+                for (int i = 1; i < n; i++)
+                        if ((p[i] & 0xc0) != 0x80)
+                                return false;
+                p += n;
+        }
+        return true;
+}
+
+static void test_value_for_message(void) {
+        char buf[32], in[600] = "";
+        /* Multi-byte characters are never cut in half, whatever the buffer size. */
+        for (int i = 0; i < 150; i++)
+                strcat(in, i % 3 ? "é" : "€");
+        for (size_t size = 8; size <= sizeof(buf); size++) {
+                value_for_message(in, buf, size);
+                CHECK(valid_utf8(buf));
+                CHECK(strlen(buf) < size);
+                CHECK(strstr(buf, "...") != NULL);
+        }
+        CHECK_STREQ(value_for_message("a\r\nb", buf, sizeof(buf)), "a\\x0d\\x0ab");
+        CHECK_STREQ(value_for_message("short", buf, sizeof(buf)), "short");
+        char *msg = NULL;
+        CHECK_EQ_INT(validate_local_path("ööööööööööööööööööööööööööööööööööööööööööööööööööööööööööööööööööö/x", &msg), -EINVAL);
+        CHECK(msg && valid_utf8(msg));
+        free(msg);
+}
+
 static void test_retry(void) {
         usec_t since = 0, retry_at, give_up;
         bool fatal;
@@ -217,6 +249,7 @@ int main(void) {
         test_state_machine();
         test_ids();
         test_validation();
+        test_value_for_message();
         test_retry();
         test_files();
         return tests_finish("test-job");
