@@ -30,21 +30,17 @@
 /* A killed worker that has not died within this (stuck in uninterruptible sleep on a hung file
  * system) is left for file_ops_gc() to reap rather than stalling the event loop. */
 #define REAP_WAIT_MSEC 1000
-
-typedef enum FileOp {
-        FILE_OP_CHECK_DIR = 1,
-        FILE_OP_CHECK_TARGET,
-        FILE_OP_CREATE,
-        FILE_OP_OPEN_WRITE,
-        FILE_OP_OPEN_READ,
-        FILE_OP_RENAME,
-        FILE_OP_UNLINK,
-        _FILE_OP_MAX,
-} FileOp;
+/* A new worker only drops its privileges before it reports in, it touches no file system the user
+ * controls: if that takes longer than this, waiting longer will not help. */
+#define SPAWN_TIMEOUT_USEC (2 * USEC_PER_SEC)
+/* sd-event's default slack (250 ms) would be as long as a short request timeout. */
+#define TIMER_ACCURACY_USEC USEC_PER_MSEC
 
 /* One SOCK_SEQPACKET message: this header, then len[0] bytes of the first path and len[1] bytes of
  * the second (rename only), without terminating NULs. The answer is one int32_t (0, a positive
- * value or -errno), carrying exactly one fd in SCM_RIGHTS when an fd-returning op succeeded. */
+ * value or -errno), carrying exactly one fd in SCM_RIGHTS when an fd-returning op succeeded. The
+ * very first message of a worker is an answer without a question: how its switch to the identity
+ * went. */
 typedef struct Request {
         uint32_t op;
         uint32_t len[2];
@@ -52,12 +48,51 @@ typedef struct Request {
 
 #define REQUEST_SIZE_MAX (sizeof(Request) + 2 * (PATH_MAX - 1))
 
-typedef struct Worker {
+typedef struct Worker Worker;
+
+struct FileOpsRequest {
+        Worker *worker;                 /* NULL once out of the FIFO, i.e. while its callback runs */
+        FileOpsRequest *prev, *next;    /* the worker's FIFO */
+        FileOp op;
+        FileOpsCallback callback;       /* NULL: withdrawn after it was sent, the answer is discarded */
+        void *userdata;
+        uint8_t *message;               /* the encoded request, until it is sent */
+        size_t size;
+        bool sent;
+};
+
+/* Synchronous calls and asynchronous requests never share a worker: a synchronous call cannot
+ * wait behind the FIFO of an asynchronous one (it would have to run their callbacks, or hold their
+ * answers back from the event loop), so each identity may have one worker of either kind. */
+struct Worker {
+        FileOps *file_ops;
         Identity id;
         pid_t pid;
         int fd;
         usec_t last_used;
-} Worker;
+
+        bool async;
+        /* The rest is for asynchronous workers only. */
+        bool ready;                     /* it reported a successful switch to the identity */
+        bool broken;                    /* a send failed, it was killed: its EOF fails the FIFO */
+        bool failing;                   /* out of the table, failing its FIFO */
+        sd_event_source *io, *timer;
+        /* Sent requests first (the worker answers them in order), then the unsent ones. */
+        FileOpsRequest *head, *tail, *unsent;
+        unsigned n_queued;
+        /* By when the worker must have answered the head of the FIFO (or reported in). */
+        usec_t deadline;
+};
+
+/* A killed worker whose death the event loop waits for on its pidfd, to reap it. */
+typedef struct Reaper Reaper;
+struct Reaper {
+        FileOps *file_ops;
+        pid_t pid;
+        int pidfd;
+        sd_event_source *source;
+        Reaper *prev, *next;
+};
 
 struct FileOps {
         usec_t idle_timeout;
@@ -70,6 +105,11 @@ struct FileOps {
         /* Killed workers that did not die in time: reaped by file_ops_gc(). */
         pid_t *dying;
         size_t n_dying;
+
+        sd_event *event;
+        Reaper *reapers;
+        /* In file_ops_free(): no event loop any more to wait for deaths with. */
+        bool freeing;
 };
 
 static bool op_returns_fd(FileOp op) {
@@ -518,7 +558,7 @@ _Noreturn static void worker_run(int sock, const Identity *id, pid_t parent, use
 }
 
 /* ---------------------------------------------------------------------------------------------- */
-/* The daemon side */
+/* The daemon side: reaping */
 
 static int pidfd_open_wrapper(pid_t pid) {
         int fd = (int) syscall(SYS_pidfd_open, pid, 0);
@@ -534,18 +574,10 @@ static int file_ops_remember_dying(FileOps *f, pid_t pid) {
         return 0;
 }
 
-/* SIGKILL and reap. Waits for the death only for a bounded time: a process stuck in a hung file
- * system may take forever to die, and the event loop must not wait for that. */
-static void kill_and_reap(FileOps *f, pid_t pid) {
-        _cleanup_close_ int pidfd = -EBADF;
+/* Waits for the death of a killed worker only for a bounded time: a process stuck in a hung file
+ * system may take forever to die. Takes the pidfd (or -errno if there is none). */
+static void reap_bounded(FileOps *f, pid_t pid, int pidfd) {
         pid_t r;
-
-        if (pid <= 0)
-                return;
-
-        /* Not reaped yet, so the PID cannot have been reused. */
-        pidfd = pidfd_open_wrapper(pid);
-        (void) kill(pid, SIGKILL);
 
         if (pidfd >= 0) {
                 struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
@@ -556,6 +588,7 @@ static void kill_and_reap(FileOps *f, pid_t pid) {
                         if (n >= deadline || poll(&pfd, 1, (int) ((deadline - n + USEC_PER_MSEC - 1) / USEC_PER_MSEC)) >= 0 || errno != EINTR)
                                 break;
                 }
+                safe_close(pidfd);
                 do
                         r = waitpid(pid, NULL, WNOHANG);
                 while (r < 0 && errno == EINTR);
@@ -569,19 +602,168 @@ static void kill_and_reap(FileOps *f, pid_t pid) {
                 log_warning("Failed to remember worker %i, it will stay a zombie.", (int) pid);
 }
 
+/* SIGKILL and reap, waiting a bounded time: for the synchronous API, which waits anyway, and for
+ * file_ops_free(). */
+static void kill_and_reap(FileOps *f, pid_t pid) {
+        int pidfd;
+
+        if (pid <= 0)
+                return;
+
+        /* Not reaped yet, so the PID cannot have been reused. */
+        pidfd = pidfd_open_wrapper(pid);
+        (void) kill(pid, SIGKILL);
+        reap_bounded(f, pid, pidfd);
+}
+
+static Reaper *reaper_free(Reaper *rp) {
+        if (!rp)
+                return NULL;
+
+        if (rp->prev)
+                rp->prev->next = rp->next;
+        else
+                rp->file_ops->reapers = rp->next;
+        if (rp->next)
+                rp->next->prev = rp->prev;
+
+        sd_event_source_disable_unref(rp->source);
+        safe_close(rp->pidfd);
+        return mfree(rp);
+}
+
+static int reaper_on_exit(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Reaper *rp = userdata;
+        pid_t r;
+
+        do
+                r = waitpid(rp->pid, NULL, WNOHANG);
+        while (r < 0 && errno == EINTR);
+        /* A readable pidfd means it exited; should it not be reapable yet after all, let gc retry
+         * rather than have a level-triggered source spin. */
+        if (r == 0 && file_ops_remember_dying(rp->file_ops, rp->pid) < 0)
+                log_warning("Failed to remember worker %i, it will stay a zombie.", (int) rp->pid);
+        reaper_free(rp);
+        return 0;
+}
+
+/* SIGKILL, and reap once it died, without waiting: the event loop watches the pidfd. */
+static void kill_async(FileOps *f, pid_t pid) {
+        _cleanup_close_ int pidfd = -EBADF;
+        Reaper *rp;
+        pid_t r;
+
+        if (pid <= 0)
+                return;
+        if (!f->event || f->freeing) {
+                kill_and_reap(f, pid);
+                return;
+        }
+
+        pidfd = pidfd_open_wrapper(pid);
+        (void) kill(pid, SIGKILL);
+        do
+                r = waitpid(pid, NULL, WNOHANG);
+        while (r < 0 && errno == EINTR);
+        if (r != 0)
+                return; /* Dead and reaped already (or, ECHILD, not ours to reap). */
+
+        if (pidfd >= 0) {
+                rp = malloc(sizeof(Reaper));
+                if (rp) {
+                        *rp = (Reaper) {
+                                .file_ops = f,
+                                .pid = pid,
+                                .pidfd = -EBADF,
+                        };
+                        if (sd_event_add_io(f->event, &rp->source, pidfd, EPOLLIN, reaper_on_exit, rp) >= 0) {
+                                (void) sd_event_source_set_description(rp->source, "file-worker-reaper");
+                                rp->pidfd = TAKE_FD(pidfd);
+                                rp->next = f->reapers;
+                                if (rp->next)
+                                        rp->next->prev = rp;
+                                f->reapers = rp;
+                                return;
+                        }
+                        free(rp);
+                }
+        }
+
+        /* No pidfd (kernel < 5.3, valgrind) or no memory: file_ops_gc() reaps it. */
+        if (file_ops_remember_dying(f, pid) < 0)
+                log_warning("Failed to remember worker %i, it will stay a zombie.", (int) pid);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The daemon side: workers */
+
+static FileOpsRequest *request_free(FileOpsRequest *r) {
+        if (!r)
+                return NULL;
+        free(r->message);
+        return mfree(r);
+}
+DEFINE_TRIVIAL_CLEANUP_FUNC(FileOpsRequest *, request_free);
+
+static void queue_append(Worker *w, FileOpsRequest *r) {
+        r->worker = w;
+        r->prev = w->tail;
+        r->next = NULL;
+        if (w->tail)
+                w->tail->next = r;
+        else
+                w->head = r;
+        w->tail = r;
+        if (!w->unsent && !r->sent)
+                w->unsent = r;
+        w->n_queued++;
+}
+
+static void queue_remove(Worker *w, FileOpsRequest *r) {
+        if (w->unsent == r)
+                w->unsent = r->next;
+        if (r->prev)
+                r->prev->next = r->next;
+        else
+                w->head = r->next;
+        if (r->next)
+                r->next->prev = r->prev;
+        else
+                w->tail = r->prev;
+        r->prev = r->next = NULL;
+        r->worker = NULL;
+        w->n_queued--;
+}
+
 static void worker_free(FileOps *f, Worker *w) {
         if (!w)
                 return;
+
+        /* Only file_ops_free() gets here with requests queued (gc and eviction leave busy workers
+         * alone): they are withdrawn without a word, as promised. */
+        while (w->head) {
+                FileOpsRequest *r = w->head;
+
+                queue_remove(w, r);
+                request_free(r);
+        }
+
+        sd_event_source_disable_unref(w->io);
+        sd_event_source_disable_unref(w->timer);
         safe_close(w->fd);
-        kill_and_reap(f, w->pid);
+        kill_async(f, w->pid);
         free(w);
+}
+
+static void file_ops_unlink_worker(FileOps *f, size_t i) {
+        memmove(f->workers + i, f->workers + i + 1, (f->n_workers - i - 1) * sizeof(Worker *));
+        f->n_workers--;
 }
 
 static void file_ops_remove_worker(FileOps *f, size_t i) {
         Worker *w = f->workers[i];
 
-        memmove(f->workers + i, f->workers + i + 1, (f->n_workers - i - 1) * sizeof(Worker *));
-        f->n_workers--;
+        file_ops_unlink_worker(f, i);
         log_debug("Stopping file worker %i of UID %u.", (int) w->pid, (unsigned) w->id.uid);
         worker_free(f, w);
 }
@@ -608,19 +790,39 @@ int file_ops_new(FileOps **ret, uint64_t idle_timeout_usec, uint64_t request_tim
         return 0;
 }
 
+int file_ops_attach_event(FileOps *f, sd_event *event) {
+        if (!f || !event)
+                return -EINVAL;
+        if (f->event)
+                return f->event == event ? 0 : -EBUSY;
+        f->event = sd_event_ref(event);
+        return 0;
+}
+
 FileOps *file_ops_free(FileOps *f) {
         if (!f)
                 return NULL;
 
+        /* Shutting down: a bounded wait for each death is fine now, and leaves no zombie. */
+        f->freeing = true;
+
         while (f->n_workers > 0)
                 file_ops_remove_worker(f, f->n_workers - 1);
         free(f->workers);
+
+        while (f->reapers) {
+                Reaper *rp = f->reapers;
+
+                reap_bounded(f, rp->pid, TAKE_FD(rp->pidfd));
+                reaper_free(rp);
+        }
 
         /* Last chance for the stragglers; what is still stuck is init's business after we exit. */
         for (size_t i = 0; i < f->n_dying; i++)
                 (void) waitpid(f->dying[i], NULL, WNOHANG);
         free(f->dying);
 
+        sd_event_unref(f->event);
         return mfree(f);
 }
 
@@ -634,8 +836,14 @@ void file_ops_gc(FileOps *f) {
 
         for (size_t i = f->n_workers; i > 0; i--) {
                 Worker *w = f->workers[i - 1];
-                pid_t r = waitpid(w->pid, NULL, WNOHANG);
+                pid_t r;
 
+                /* Busy: its requests are answered, time out, or fail on its death, and each of
+                 * these takes care of the worker. */
+                if (w->n_queued > 0 || (w->async && !w->ready))
+                        continue;
+
+                r = waitpid(w->pid, NULL, WNOHANG);
                 if (r == w->pid || (r < 0 && errno == ECHILD)) {
                         /* Exited on its own (idle): already reaped, nothing to kill. */
                         w->pid = 0;
@@ -658,19 +866,27 @@ unsigned file_ops_worker_count(const FileOps *f) {
         return f ? (unsigned) f->n_workers : 0;
 }
 
-pid_t file_ops_worker_pid(const FileOps *f, const Identity *id) {
-        if (!f)
-                return 0;
+static Worker *file_ops_find_worker(const FileOps *f, const Identity *id, bool async) {
         for (size_t i = 0; i < f->n_workers; i++)
-                if (identity_equal(&f->workers[i]->id, id))
-                        return f->workers[i]->pid;
-        return 0;
+                if (f->workers[i]->async == async && identity_equal(&f->workers[i]->id, id))
+                        return f->workers[i];
+        return NULL;
 }
 
-/* Receives one answer within the deadline and stores the worker's result in *ret_result (and the fd
- * it passed in *ret_fd). Returns < 0 if the exchange itself failed: then the worker is of no use
- * any more; *ret_dead tells whether it is simply gone (EOF, reset), i.e. a fresh one may be tried. */
-static int worker_receive(int sock, usec_t deadline, bool want_fd, int *ret_result, int *ret_fd, bool *ret_dead) {
+pid_t file_ops_worker_pid(const FileOps *f, const Identity *id) {
+        Worker *w = f ? file_ops_find_worker(f, id, false) : NULL;
+        return w ? w->pid : 0;
+}
+
+pid_t file_ops_worker_pid_async(const FileOps *f, const Identity *id) {
+        Worker *w = f ? file_ops_find_worker(f, id, true) : NULL;
+        return w ? w->pid : 0;
+}
+
+/* Receives one answer if there is one (-EAGAIN if not) and stores the worker's result in
+ * *ret_result (and the fd it passed in *ret_fd). Returns < 0 if the exchange itself failed: then
+ * the worker is of no use any more; *ret_dead tells whether it is simply gone (EOF, reset). */
+static int worker_receive_one(int sock, bool want_fd, int *ret_result, int *ret_fd, bool *ret_dead) {
         union {
                 struct cmsghdr header;
                 /* Room for more than one fd, so that extra ones arrive here and get closed rather
@@ -693,28 +909,10 @@ static int worker_receive(int sock, usec_t deadline, bool want_fd, int *ret_resu
         *ret_fd = -EBADF;
         *ret_dead = false;
 
-        for (;;) {
-                struct pollfd pfd = { .fd = sock, .events = POLLIN };
-                usec_t t = now(CLOCK_MONOTONIC);
-                int k;
-
-                if (t >= deadline)
-                        return -ETIMEDOUT;
-
-                k = poll(&pfd, 1, (int) MIN((deadline - t + USEC_PER_MSEC - 1) / USEC_PER_MSEC, (usec_t) INT_MAX));
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                if (k == 0)
-                        return -ETIMEDOUT;
-
+        do
                 n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-                if (n >= 0)
-                        break;
-                if (errno == EINTR || errno == EAGAIN)
-                        continue;
+        while (n < 0 && errno == EINTR);
+        if (n < 0) {
                 if (errno == ECONNRESET)
                         *ret_dead = true;
                 return -errno;
@@ -766,6 +964,32 @@ static int worker_receive(int sock, usec_t deadline, bool want_fd, int *ret_resu
         return 0;
 }
 
+/* The same, waiting for the answer until the deadline: the synchronous API. */
+static int worker_receive(int sock, usec_t deadline, bool want_fd, int *ret_result, int *ret_fd, bool *ret_dead) {
+        for (;;) {
+                struct pollfd pfd = { .fd = sock, .events = POLLIN };
+                usec_t t = now(CLOCK_MONOTONIC);
+                int k, r;
+
+                *ret_dead = false;
+                if (t >= deadline)
+                        return -ETIMEDOUT;
+
+                k = poll(&pfd, 1, (int) MIN((deadline - t + USEC_PER_MSEC - 1) / USEC_PER_MSEC, (usec_t) INT_MAX));
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (k == 0)
+                        return -ETIMEDOUT;
+
+                r = worker_receive_one(sock, want_fd, ret_result, ret_fd, ret_dead);
+                if (r != -EAGAIN)
+                        return r;
+        }
+}
+
 /* The worker is the user, so what it sends is only as trustworthy as the user. Make sure a
  * compromised worker cannot hand us a socket, a device or a read-only fd where we expect a file to
  * write to. */
@@ -787,11 +1011,11 @@ static int verify_fd(FileOp op, int fd, const Identity *id) {
         return 0;
 }
 
-static int worker_spawn(FileOps *f, const Identity *id, Worker **ret) {
+/* Forks the worker; it has not necessarily reported in yet. */
+static int worker_fork(FileOps *f, const Identity *id, bool async, Worker **ret) {
         _cleanup_close_ int fd_daemon = -EBADF;
         _cleanup_free_ Worker *w = NULL;
-        int pair[2], fd, result, r;
-        bool dead;
+        int pair[2], r;
         pid_t parent, pid;
 
         w = malloc(sizeof(Worker));
@@ -802,6 +1026,17 @@ static int worker_spawn(FileOps *f, const Identity *id, Worker **ret) {
                 return -errno;
         fd_daemon = pair[0];
 
+        /* Only our end: the event loop must never block in a send to a worker that stopped reading,
+         * while the worker may well block in a send to us. */
+        if (async) {
+                int flags = fcntl(fd_daemon, F_GETFL);
+                if (flags < 0 || fcntl(fd_daemon, F_SETFL, flags | O_NONBLOCK) < 0) {
+                        r = -errno;
+                        safe_close(pair[1]);
+                        return r;
+                }
+        }
+
         parent = getpid();
         pid = fork();
         if (pid < 0) {
@@ -810,50 +1045,103 @@ static int worker_spawn(FileOps *f, const Identity *id, Worker **ret) {
                 return r;
         }
         if (pid == 0) {
+                /* The daemon's copy is not ours to keep (and memcheck would call it a leak). */
+                w = mfree(w);
                 safe_close(pair[0]);
                 worker_run(pair[1], id, parent, f->idle_timeout);
         }
         safe_close(pair[1]);
 
         *w = (Worker) {
+                .file_ops = f,
                 .id = *id,
                 .pid = pid,
-                .fd = -EBADF,
+                .fd = TAKE_FD(fd_daemon),
+                .async = async,
+                .last_used = now(CLOCK_MONOTONIC),
         };
 
-        /* The worker reports how its switch to the identity went before it takes requests. */
-        r = worker_receive(fd_daemon, usec_add(now(CLOCK_MONOTONIC), f->request_timeout), false, &result, &fd, &dead);
-        if (r >= 0)
-                r = result;
-        if (r < 0) {
-                kill_and_reap(f, pid);
-                if (dead)
-                        r = -EPROTO; /* Died before it could even tell us why. */
-                return log_debug_errno(r, "File worker for UID %u failed to start: %m", (unsigned) id->uid);
-        }
-
-        w->fd = TAKE_FD(fd_daemon);
-        log_debug("Started file worker %i for UID %u.", (int) pid, (unsigned) id->uid);
         *ret = TAKE_PTR(w);
         return 0;
 }
 
-static int file_ops_get_worker(FileOps *f, const Identity *id, Worker **ret) {
-        Worker **a, *w = NULL;
+static int worker_spawn_sync(FileOps *f, const Identity *id, Worker **ret) {
+        Worker *w;
+        int fd, result, r;
+        bool dead;
+
+        r = worker_fork(f, id, false, &w);
+        if (r < 0)
+                return r;
+
+        /* The worker reports how its switch to the identity went before it takes requests. */
+        r = worker_receive(w->fd, usec_add(now(CLOCK_MONOTONIC), SPAWN_TIMEOUT_USEC), false, &result, &fd, &dead);
+        if (r >= 0)
+                r = result;
+        if (r < 0) {
+                if (dead)
+                        r = -EPROTO; /* Died before it could even tell us why. */
+                log_debug_errno(r, "File worker for UID %u failed to start: %m", (unsigned) id->uid);
+                worker_free(f, w);
+                return r;
+        }
+
+        log_debug("Started file worker %i for UID %u.", (int) w->pid, (unsigned) id->uid);
+        *ret = w;
+        return 0;
+}
+
+static int worker_on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata);
+static int worker_on_timer(sd_event_source *s, uint64_t usec, void *userdata);
+
+/* Does not wait for the worker to report in: its report arrives like the answer to a request
+ * that heads the FIFO, under the same kind of deadline. */
+static int worker_spawn_async(FileOps *f, const Identity *id, Worker **ret) {
+        Worker *w;
         int r;
 
-        for (size_t i = 0; i < f->n_workers; i++)
-                if (identity_equal(&f->workers[i]->id, id)) {
-                        *ret = f->workers[i];
-                        return 0;
-                }
+        r = worker_fork(f, id, true, &w);
+        if (r < 0)
+                return r;
+
+        w->deadline = usec_add(now(CLOCK_MONOTONIC), MIN(SPAWN_TIMEOUT_USEC, f->request_timeout));
+        r = sd_event_add_io(f->event, &w->io, w->fd, EPOLLIN, worker_on_io, w);
+        if (r >= 0)
+                r = sd_event_add_time(f->event, &w->timer, CLOCK_MONOTONIC, w->deadline, TIMER_ACCURACY_USEC,
+                                      worker_on_timer, w);
+        if (r < 0) {
+                worker_free(f, w);
+                return r;
+        }
+        (void) sd_event_source_set_description(w->io, "file-worker");
+        (void) sd_event_source_set_description(w->timer, "file-worker-timeout");
+
+        log_debug("Started file worker %i for UID %u.", (int) w->pid, (unsigned) id->uid);
+        *ret = w;
+        return 0;
+}
+
+static int file_ops_get_worker(FileOps *f, const Identity *id, bool async, Worker **ret) {
+        Worker **a, *w;
+        int r;
+
+        w = file_ops_find_worker(f, id, async);
+        if (w) {
+                *ret = w;
+                return 0;
+        }
 
         if (f->n_workers >= f->workers_max) {
-                size_t lru = 0;
+                size_t lru = SIZE_MAX;
 
-                for (size_t i = 1; i < f->n_workers; i++)
-                        if (f->workers[i]->last_used < f->workers[lru]->last_used)
+                /* A worker with requests in flight is not idle, it is slow: stopping it would fail
+                 * them. If every worker is busy, this identity waits its turn. */
+                for (size_t i = 0; i < f->n_workers; i++)
+                        if (f->workers[i]->n_queued == 0 && (!f->workers[i]->async || f->workers[i]->ready) &&
+                            (lru == SIZE_MAX || f->workers[i]->last_used < f->workers[lru]->last_used))
                                 lru = i;
+                if (lru == SIZE_MAX)
+                        return -EAGAIN;
                 file_ops_remove_worker(f, lru);
         }
 
@@ -862,11 +1150,10 @@ static int file_ops_get_worker(FileOps *f, const Identity *id, Worker **ret) {
                 return -ENOMEM;
         f->workers = a;
 
-        r = worker_spawn(f, id, &w);
+        r = async ? worker_spawn_async(f, id, &w) : worker_spawn_sync(f, id, &w);
         if (r < 0)
                 return r;
 
-        w->last_used = now(CLOCK_MONOTONIC);
         f->workers[f->n_workers++] = w;
         *ret = w;
         return 0;
@@ -891,19 +1178,18 @@ static int validate_path(const char *p) {
         return 0;
 }
 
-static int file_ops_call(FileOps *f, const Identity *id, FileOp op, const char *p0, const char *p1) {
-        uint8_t buf[REQUEST_SIZE_MAX];
+/* Both APIs send the same bytes. */
+static int request_encode(FileOp op, const char *p0, const char *p1, uint8_t buf[static REQUEST_SIZE_MAX], size_t *ret_size) {
         Request req = { .op = op };
-        size_t len;
         int r;
 
-        if (!f || !identity_is_valid(id))
+        if (op < 0 || op >= _FILE_OP_MAX)
                 return -EINVAL;
         r = validate_path(p0);
         if (r < 0)
                 return r;
         req.len[0] = strlen(p0);
-        if (p1) {
+        if (op == FILE_OP_RENAME) {
                 r = validate_path(p1);
                 if (r < 0)
                         return r;
@@ -912,9 +1198,25 @@ static int file_ops_call(FileOps *f, const Identity *id, FileOp op, const char *
 
         memcpy(buf, &req, sizeof(req));
         memcpy(buf + sizeof(req), p0, req.len[0]);
-        if (p1)
+        if (req.len[1] > 0)
                 memcpy(buf + sizeof(req) + req.len[0], p1, req.len[1]);
-        len = sizeof(req) + req.len[0] + req.len[1];
+        *ret_size = sizeof(req) + req.len[0] + req.len[1];
+        return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The synchronous API */
+
+static int file_ops_call(FileOps *f, const Identity *id, FileOp op, const char *p0, const char *p1) {
+        uint8_t buf[REQUEST_SIZE_MAX];
+        size_t len;
+        int r;
+
+        if (!f || !identity_is_valid(id))
+                return -EINVAL;
+        r = request_encode(op, p0, p1, buf, &len);
+        if (r < 0)
+                return r;
 
         /* A worker that exited (idle, killed by the user it runs as, OOM) is replaced once. */
         for (unsigned attempt = 0;; attempt++) {
@@ -923,7 +1225,7 @@ static int file_ops_call(FileOps *f, const Identity *id, FileOp op, const char *
                 Worker *w;
                 int result;
 
-                r = file_ops_get_worker(f, id, &w);
+                r = file_ops_get_worker(f, id, false, &w);
                 if (r < 0)
                         return r;
 
@@ -991,4 +1293,264 @@ int file_ops_rename(FileOps *f, const Identity *id, const char *from, const char
 
 int file_ops_unlink(FileOps *f, const Identity *id, const char *path) {
         return file_ops_call(f, id, FILE_OP_UNLINK, path, NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* The asynchronous API */
+
+/* Sends nothing any more and makes sure the worker dies: its EOF (or, should it hang in the kernel,
+ * the deadline) then fails the FIFO from the event loop, never from within the caller. */
+static void worker_break(Worker *w, int error) {
+        if (w->broken)
+                return;
+        log_debug_errno(error, "File worker %i of UID %u is unusable, killing it: %m", (int) w->pid, (unsigned) w->id.uid);
+        w->broken = true;
+        if (w->pid > 0)
+                (void) kill(w->pid, SIGKILL);
+}
+
+static void worker_update_sources(Worker *w) {
+        int r;
+
+        if (w->failing)
+                return;
+
+        r = sd_event_source_set_io_events(w->io, EPOLLIN | (w->unsent && !w->broken ? EPOLLOUT : 0));
+        if (r < 0) {
+                worker_break(w, r);
+                return;
+        }
+
+        /* The deadline covers the head of the FIFO, i.e. what the worker is busy with right now; a
+         * stuck head stalls everything behind it, so one timer per worker is enough. */
+        if (!w->head && w->ready) {
+                r = sd_event_source_set_enabled(w->timer, SD_EVENT_OFF);
+                if (r < 0)
+                        worker_break(w, r);
+                return;
+        }
+        r = sd_event_source_set_time(w->timer, w->deadline);
+        if (r >= 0)
+                r = sd_event_source_set_enabled(w->timer, SD_EVENT_ONESHOT);
+        if (r < 0)
+                worker_break(w, r);
+}
+
+static void worker_flush(Worker *w) {
+        while (w->unsent && !w->broken) {
+                FileOpsRequest *r = w->unsent;
+
+                if (send(w->fd, r->message, r->size, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno == EAGAIN)
+                                break; /* The worker is behind: EPOLLOUT tells when there is room. */
+                        worker_break(w, -errno);
+                        break;
+                }
+                r->sent = true;
+                r->message = mfree(r->message);
+                w->unsent = r->next;
+        }
+        worker_update_sources(w);
+}
+
+/* The request must be out of the FIFO already. */
+static void request_dispatch(FileOpsRequest *r, int result) {
+        if (r->callback)
+                r->callback(r, result, r->userdata);
+        else if (op_returns_fd(r->op) && result >= 0)
+                safe_close(result); /* withdrawn: nobody wants the fd */
+        request_free(r);
+}
+
+/* Fails every request of the worker with error and frees it. Only from the event loop. */
+static void worker_fail(Worker *w, int error) {
+        FileOps *f = w->file_ops;
+
+        /* Out of the table first, so that a callback that submits for the same identity gets a
+         * fresh worker and one that cancels a request of this worker finds it still queued. */
+        for (size_t i = 0; i < f->n_workers; i++)
+                if (f->workers[i] == w) {
+                        file_ops_unlink_worker(f, i);
+                        break;
+                }
+        w->failing = true;
+        w->io = sd_event_source_disable_unref(w->io);
+        w->timer = sd_event_source_disable_unref(w->timer);
+        w->fd = safe_close(w->fd);
+        kill_async(f, w->pid);
+        w->pid = 0;
+
+        /* One at a time from the head: each callback may cancel any of the others. */
+        while (w->head) {
+                FileOpsRequest *r = w->head;
+
+                queue_remove(w, r);
+                request_dispatch(r, error);
+        }
+        free(w);
+}
+
+static int worker_on_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        Worker *w = userdata;
+
+        log_warning("File worker %i of UID %u did not %s in time, killing it.",
+                    (int) w->pid, (unsigned) w->id.uid, w->ready ? "answer" : "start");
+        worker_fail(w, -ETIMEDOUT);
+        return 0;
+}
+
+static int worker_on_io(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        _cleanup_close_ int passed_fd = -EBADF;
+        Worker *w = userdata;
+        FileOpsRequest *r;
+        int result, k;
+        bool dead;
+        usec_t n;
+
+        if (revents & EPOLLOUT)
+                worker_flush(w);
+        if (!(revents & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+                return 0;
+
+        /* One answer per iteration: the callback may free this worker, and the source is level
+         * triggered, so the next answer comes with the next iteration. */
+        r = w->ready && w->head && w->head->sent ? w->head : NULL;
+        k = worker_receive_one(w->fd, r && op_returns_fd(r->op), &result, &passed_fd, &dead);
+        if (k == -EAGAIN)
+                return 0;
+        if (k < 0) {
+                if (dead)
+                        k = w->ready ? -ECONNRESET : -EPROTO; /* -EPROTO: died before it could tell why. */
+                log_debug_errno(k, "File worker %i of UID %u is gone or out of sync, stopping it: %m",
+                                (int) w->pid, (unsigned) w->id.uid);
+                worker_fail(w, k);
+                return 0;
+        }
+
+        n = now(CLOCK_MONOTONIC);
+
+        if (!w->ready) {
+                if (result < 0) {
+                        log_debug_errno(result, "File worker for UID %u failed to start: %m", (unsigned) w->id.uid);
+                        worker_fail(w, result);
+                        return 0;
+                }
+                w->ready = true;
+                w->last_used = n;
+                w->deadline = usec_add(n, w->file_ops->request_timeout);
+                worker_update_sources(w);
+                return 0;
+        }
+
+        if (!r) {
+                log_debug("File worker %i of UID %u answered a question nobody asked, stopping it.",
+                          (int) w->pid, (unsigned) w->id.uid);
+                worker_fail(w, -EBADMSG);
+                return 0;
+        }
+
+        if (passed_fd >= 0) {
+                k = verify_fd(r->op, passed_fd, &w->id);
+                if (k < 0) {
+                        log_error_errno(k, "File worker %i of UID %u passed an unexpected fd, stopping it: %m",
+                                        (int) w->pid, (unsigned) w->id.uid);
+                        worker_fail(w, k);
+                        return 0;
+                }
+                result = TAKE_FD(passed_fd);
+        }
+
+        /* Everything about the worker is settled before the callback: it may free the worker
+         * (evicted as idle now, say), so it must not be touched afterwards. */
+        queue_remove(w, r);
+        w->last_used = n;
+        w->deadline = usec_add(n, w->file_ops->request_timeout);
+        worker_update_sources(w);
+
+        request_dispatch(r, result);
+        return 0;
+}
+
+int file_ops_submit(FileOps *f, const Identity *id, FileOp op, const char *path, const char *path2,
+                    FileOpsCallback cb, void *userdata, FileOpsRequest **ret) {
+        _cleanup_(request_freep) FileOpsRequest *req = NULL;
+        uint8_t buf[REQUEST_SIZE_MAX];
+        size_t size;
+        Worker *w;
+        usec_t n;
+        int r;
+
+        if (!f || !cb || !identity_is_valid(id))
+                return -EINVAL;
+        if (!f->event)
+                return -ENXIO;
+        r = request_encode(op, path, path2, buf, &size);
+        if (r < 0)
+                return r;
+
+        req = malloc(sizeof(FileOpsRequest));
+        if (!req)
+                return -ENOMEM;
+        *req = (FileOpsRequest) {
+                .op = op,
+                .callback = cb,
+                .userdata = userdata,
+                .size = size,
+        };
+        req->message = malloc(size);
+        if (!req->message)
+                return -ENOMEM;
+        memcpy(req->message, buf, size);
+
+        n = now(CLOCK_MONOTONIC);
+        w = file_ops_find_worker(f, id, true);
+        if (w && w->n_queued >= FILE_OPS_PENDING_MAX)
+                return -EAGAIN;
+        /* Idle for long, it may be exiting on its own right now (and would fail our request with
+         * -ECONNRESET); a broken one is dying anyway. Either way a fresh one is cheaper. */
+        if (w && !w->head && w->ready && (w->broken || usec_sub(n, w->last_used) >= f->idle_timeout)) {
+                file_ops_stop_worker(f, w);
+                w = NULL;
+        }
+        if (!w) {
+                r = file_ops_get_worker(f, id, true, &w);
+                if (r < 0)
+                        return r;
+        }
+
+        if (!w->head && w->ready)
+                w->deadline = usec_add(n, f->request_timeout);
+        queue_append(w, req);
+        if (ret)
+                *ret = req;
+        TAKE_PTR(req);
+
+        worker_flush(w);
+        return 0;
+}
+
+FileOpsRequest *file_ops_request_cancel(FileOpsRequest *r) {
+        Worker *w;
+
+        if (!r)
+                return NULL;
+
+        w = r->worker;
+        if (!w)
+                return NULL; /* Its callback is running right now; it is freed when that returns. */
+
+        if (r->sent && !w->failing) {
+                /* The worker will answer it: it keeps its place in the FIFO so that the answer is
+                 * matched to it (and any fd closed), not to the request after it. */
+                r->callback = NULL;
+                r->userdata = NULL;
+                return NULL;
+        }
+
+        queue_remove(w, r);
+        request_free(r);
+        worker_update_sources(w);
+        return NULL;
 }

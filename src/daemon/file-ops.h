@@ -13,11 +13,14 @@
  *
  * Workers are kept per identity and reused; an idle worker exits on its own. Requests are
  * synchronous round trips on a socketpair (microseconds), bounded by a timeout so a hung file
- * system cannot stall the daemon forever. This module does not include sd-bus or sd-event. */
+ * system cannot stall the daemon forever; the daemon itself uses the asynchronous form below,
+ * which never waits. This module does not include sd-bus. */
 
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include <systemd/sd-event.h>
 
 #include "macro.h"
 
@@ -86,3 +89,53 @@ int file_ops_rename(FileOps *f, const Identity *id, const char *from, const char
 
 /* unlink(2) as the user; -ENOENT is returned as is (callers decide whether that is fine). */
 int file_ops_unlink(FileOps *f, const Identity *id, const char *path);
+
+/* ---- Asynchronous requests ----
+ *
+ * The daemon serves every user from one event loop, so it must never wait for a worker: a
+ * user can stop their own worker (SIGSTOP) or point it at a hung FUSE mount of their own. The
+ * asynchronous form sends the request and returns at once; the answer arrives through an
+ * sd-event I/O source on the worker's socket and is handed to the callback. A stuck worker thus
+ * delays only the requests of its own identity, never anybody else's nor the bus. */
+
+typedef enum FileOp {
+        FILE_OP_CHECK_DIR,
+        FILE_OP_CHECK_TARGET,
+        FILE_OP_CREATE,
+        FILE_OP_OPEN_WRITE,
+        FILE_OP_OPEN_READ,
+        FILE_OP_RENAME,       /* path -> path2 */
+        FILE_OP_UNLINK,
+        _FILE_OP_MAX,
+} FileOp;
+
+typedef struct FileOpsRequest FileOpsRequest;
+
+/* result: what the synchronous function of the same op would have returned — 0, a fd ≥ 0 (the
+ * callback owns it and must close it) or -errno; -ETIMEDOUT when the worker did not answer within
+ * the request timeout (the worker is then killed, and every other request queued on it fails
+ * with -ETIMEDOUT too); -ECONNRESET when the worker died. The request is freed by file-ops right
+ * after the callback returns; the callback may submit new requests and cancel other ones. */
+typedef void (*FileOpsCallback)(FileOpsRequest *req, int result, void *userdata);
+
+/* Needed before file_ops_submit(). The loop must outlive the FileOps (or file_ops_free() first). */
+int file_ops_attach_event(FileOps *f, sd_event *event);
+
+/* Queues op for the identity's worker (spawned if needed) and returns 0 at once; the callback
+ * is never called from within file_ops_submit(). Requests of one identity are answered in the
+ * order submitted; different identities run in parallel. At most FILE_OPS_PENDING_MAX requests
+ * may be pending per identity (-EAGAIN beyond), so no user can make the daemon queue without
+ * bound. path2 is used by FILE_OP_RENAME only. *ret (optional) is valid until the callback ran
+ * or the request was cancelled. */
+#define FILE_OPS_PENDING_MAX 1024U
+int file_ops_submit(FileOps *f, const Identity *id, FileOp op, const char *path, const char *path2,
+                    FileOpsCallback cb, void *userdata, FileOpsRequest **ret);
+
+/* Withdraws a pending request: its callback is never called; a fd that arrives for it later is
+ * closed. NULL is fine. Returns NULL. */
+FileOpsRequest *file_ops_request_cancel(FileOpsRequest *r);
+
+/* For tests and debugging: the PID of the worker that serves the asynchronous requests of an
+ * identity (0 if none). Synchronous calls never share a worker with asynchronous requests (they
+ * would have to wait behind them); file_ops_worker_pid() reports the synchronous one. */
+pid_t file_ops_worker_pid_async(const FileOps *f, const Identity *id);
