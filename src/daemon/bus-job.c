@@ -3,8 +3,6 @@
 #include "bus-object.h"
 #include "log.h"
 
-#define ADD_FILE_SET_MAX 100000U /* bound before any allocation; the real limit is checked in the model */
-
 static int check_not_final(Job *j, sd_bus_error *error) {
         if (job_state_is_final(j->state))
                 return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
@@ -13,57 +11,12 @@ static int check_not_final(Job *j, sd_bus_error *error) {
 
 static int method_add_file(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        const char *remote, *local;
-        int r;
-
-        r = sd_bus_message_read(msg, "ss", &remote, &local);
-        if (r < 0)
-                return r;
-        r = manager_job_add_files(j->manager, j, (char **) &remote, (char **) &local, 1, error);
-        if (r < 0)
-                return r;
-        return sd_bus_reply_method_return(msg, NULL);
+        return manager_job_call(j->manager, j, msg, manager_call_add_file);
 }
 
 static int method_add_file_set(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        _cleanup_free_ char **remote = NULL, **local = NULL;
-        size_t n = 0, a = 0;
-        const char *rn, *ln;
-        int r;
-
-        r = sd_bus_message_enter_container(msg, 'a', "(ss)");
-        if (r < 0)
-                return r;
-        while ((r = sd_bus_message_read(msg, "(ss)", &rn, &ln)) > 0) {
-                if (n >= ADD_FILE_SET_MAX)
-                        return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_FILES_IN_JOB,
-                                                 "More than %u files in one AddFileSet call.", ADD_FILE_SET_MAX);
-                if (n == a) {
-                        a = a ? a * 2 : 16;
-                        char **x = reallocarray(remote, a, sizeof(char *)), **y;
-                        if (!x)
-                                return -ENOMEM;
-                        remote = x;
-                        y = reallocarray(local, a, sizeof(char *));
-                        if (!y)
-                                return -ENOMEM;
-                        local = y;
-                }
-                /* The strings live in the message until we reply. */
-                remote[n] = (char *) rn;
-                local[n] = (char *) ln;
-                n++;
-        }
-        if (r < 0)
-                return r;
-        r = sd_bus_message_exit_container(msg);
-        if (r < 0)
-                return r;
-        r = manager_job_add_files(j->manager, j, remote, local, (unsigned) n, error);
-        if (r < 0)
-                return r;
-        return sd_bus_reply_method_return(msg, NULL);
+        return manager_job_call(j->manager, j, msg, manager_call_add_file_set);
 }
 
 static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
@@ -91,27 +44,22 @@ static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *
 
 static int method_suspend(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        int r = manager_job_suspend(j->manager, j, error);
-        return r < 0 ? r : sd_bus_reply_method_return(msg, NULL);
+        return manager_job_call(j->manager, j, msg, manager_call_suspend);
 }
 
 static int method_resume(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        int r = manager_job_resume(j->manager, j, error);
-        return r < 0 ? r : sd_bus_reply_method_return(msg, NULL);
+        return manager_job_call(j->manager, j, msg, manager_call_resume);
 }
 
 static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        int r = manager_job_cancel(j->manager, j, error);
-        return r < 0 ? r : sd_bus_reply_method_return(msg, NULL);
+        return manager_job_call(j->manager, j, msg, manager_call_cancel);
 }
 
 static int method_complete(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         Job *j = userdata;
-        const char *result = NULL;
-        int r = manager_job_complete(j->manager, j, &result, error);
-        return r < 0 ? r : sd_bus_reply_method_return(msg, "s", result);
+        return manager_job_call(j->manager, j, msg, manager_call_complete);
 }
 
 /* ---- Job properties ---- */
@@ -162,7 +110,7 @@ static int job_commit_or_revert(Job *j, sd_bus_error *error, void *field, const 
         int r = manager_job_save(j->manager, j);
         if (r < 0) {
                 memcpy(field, old, size);
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the change.");
+                return bus_error_set_errnof(error, -r, "Cannot record the change.");
         }
         return 0;
 }
@@ -194,7 +142,7 @@ static int property_set_string(sd_bus *bus, const char *path, const char *interf
         if (r < 0) {
                 *field = old;
                 free(copy);
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the change.");
+                return bus_error_set_errnof(error, -r, "Cannot record the change.");
         }
         free(old);
         return 0;

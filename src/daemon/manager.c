@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #include <fcntl.h>
+#include <stdarg.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
@@ -20,6 +21,23 @@ static void job_start(Manager *m, Job *j);
 static void job_transient_error(Manager *m, Job *j, uint32_t retry_after);
 static void job_fatal_error(Manager *m, Job *j);
 
+int bus_error_set_errnof(sd_bus_error *error, int r, const char *format, ...) {
+        _cleanup_free_ char *msg = NULL;
+        const char *name;
+        va_list ap;
+
+        r = -abs(r);
+        name = r == -EACCES || r == -EPERM ? SD_BUS_ERROR_ACCESS_DENIED
+             : r == -ENOMEM ? SD_BUS_ERROR_NO_MEMORY
+             : SD_BUS_ERROR_FAILED;
+        va_start(ap, format);
+        if (vasprintf(&msg, format, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        (void) sd_bus_error_set(error, name, msg ?: "Out of memory.");
+        return r;
+}
+
 bool manager_uid_is_exempt(uid_t uid) {
         return uid <= 999;
 }
@@ -30,10 +48,16 @@ static JobRuntime *job_runtime(Job *j) {
         return j->runtime;
 }
 
+static JobOp *job_op_free(JobOp *op);
+
 static void job_runtime_free(Job *j) {
         JobRuntime *rt = j->runtime;
         if (!rt)
                 return;
+        job_op_free(rt->op);
+        for (unsigned i = 0; i < rt->n_parked; i++)
+                sd_bus_message_unref(rt->parked[i].msg);
+        free(rt->parked);
         transfer_free(rt->transfer);
         sd_event_source_disable_unref(rt->retry_timer);
         sd_event_source_disable_unref(rt->deadline_timer);
@@ -157,11 +181,8 @@ static int job_finalize(Manager *m, Job *j, JobState final) {
         r = sd_event_add_time_relative(m->event, &rt->expire_timer, CLOCK_MONOTONIC,
                                        (usec_t) m->config.final_job_retention_sec * USEC_PER_SEC, USEC_PER_SEC,
                                        on_expire, j);
-        if (r < 0) {
-                hashmap_remove(m->jobs, j->hex);
-                manager_job_free(j);
-                return 0;
-        }
+        if (r < 0)
+                log_warning_errno(r, "Job %s: cannot arm its removal, keeping its objects: %m", j->id);
         log_info("Job %s: %s.", j->id, job_state_to_string(final));
         return 0;
 }
@@ -263,13 +284,13 @@ static void on_transfer_checkpoint(Transfer *t, Job *j, BitsFile *f, void *userd
 
         j->no_progress_since = 0; /* progress: the no-progress clock starts over */
         j->modification_time = now(CLOCK_REALTIME);
-        r = store_begin(m->store);
+        r = store_begin_progress(m->store);
         if (r >= 0)
                 r = store_save_file(m->store, f);
         if (r >= 0)
                 r = store_save_job(m->store, j);
         if (r >= 0)
-                r = store_commit(m->store);
+                r = store_commit_progress(m->store);
         else
                 store_rollback(m->store);
         if (r < 0)
@@ -372,6 +393,9 @@ static int on_schedule(sd_event_source *s, void *userdata) {
                 return log_oom();
 
         HASHMAP_FOREACH(j, m->jobs) {
+                JobRuntime *rt = j->runtime;
+                if (rt && rt->op)
+                        continue; /* Complete/Cancel/AddFile at work: not now */
                 if (j->state == JOB_QUEUED)
                         queued[n_queued++] = j;
                 else if (job_state_is_active(j->state) && j->priority != JOB_PRIORITY_FOREGROUND)
@@ -464,7 +488,7 @@ int manager_create_job(Manager *m, uid_t owner, const char *name, const char *ty
 
         r = job_persist(m, nj, false);
         if (r < 0)
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the new job: %s", store_last_error(m->store));
+                return bus_error_set_errnof(error, -r, "Cannot record the new job: %s", store_last_error(m->store));
         r = hashmap_put(m->jobs, nj->hex, nj);
         if (r < 0)
                 return r;
@@ -508,10 +532,265 @@ static int map_validation_error(sd_bus_error *error, int r, const char *msg) {
         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "%s.", strempty(msg));
 }
 
-int manager_job_add_files(Manager *m, Job *j, char **remote, char **local, unsigned n, sd_bus_error *error) {
-        BitsFile **files = NULL;
-        unsigned made = 0;
+/* ---- calls on a job, and the file work they need ---- */
+
+typedef enum JobOpKind {
+        JOB_OP_ADD_FILES,
+        JOB_OP_COMPLETE,
+        JOB_OP_CANCEL,
+} JobOpKind;
+
+/* Steps of an operation's file work, each one request to the owner's worker. */
+typedef enum JobOpStep {
+        STEP_CHECK_DIR,
+        STEP_CHECK_TARGET,
+        STEP_RENAME,
+        STEP_UNLINK,
+} JobOpStep;
+
+struct JobOp {
+        Manager *manager;
+        Job *job;
+        JobOpKind kind;
+        sd_bus_message *msg;   /* answered when the operation ends */
         Identity id;
+        FileOpsRequest *request;
+        JobOpStep step;
+        unsigned i;            /* the file (or the new entry) being worked on */
+
+        /* AddFile/AddFileSet: the entries, pointing into msg */
+        char **remote, **local;
+        unsigned n;
+
+        /* Complete */
+        bool partial;
+        unsigned undeleted;
+};
+
+static JobOp *job_op_free(JobOp *op) {
+        if (!op)
+                return NULL;
+        file_ops_request_cancel(op->request);
+        sd_bus_message_unref(op->msg);
+        free(op->remote);
+        free(op->local);
+        return mfree(op);
+}
+
+static void job_run_parked(Manager *m, Job *j);
+
+/* Ends the job's operation with a reply (NULL: `error` is the reply), then answers the calls
+ * that waited for it. */
+static void job_op_end(JobOp *op, sd_bus_message *reply, const sd_bus_error *error) {
+        Manager *m = op->manager;
+        Job *j = op->job;
+        JobRuntime *rt = j->runtime;
+        int r;
+
+        if (reply)
+                r = sd_bus_send(NULL, reply, NULL);
+        else
+                r = sd_bus_reply_method_error(op->msg, error);
+        if (r < 0)
+                log_debug_errno(r, "Job %s: cannot send the reply: %m", j->id);
+        rt->op = job_op_free(rt->op);
+        job_run_parked(m, j);
+        manager_schedule(m);
+}
+
+static void job_op_fail(JobOp *op, sd_bus_error *error) {
+        job_op_end(op, NULL, error);
+}
+
+static void job_op_failf(JobOp *op, const char *name, const char *format, ...) _printf_(3, 4);
+static void job_op_failf(JobOp *op, const char *name, const char *format, ...) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        _cleanup_free_ char *msg = NULL;
+        va_list ap;
+
+        va_start(ap, format);
+        if (vasprintf(&msg, format, ap) < 0)
+                msg = NULL;
+        va_end(ap);
+        (void) sd_bus_error_set(&error, name, msg ?: "Out of memory.");
+        job_op_fail(op, &error);
+}
+
+static void job_op_fail_errno(JobOp *op, int r, const char *what) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        bus_error_set_errnof(&error, r, "%s: %s.", what, strerror(abs(r)));
+        job_op_fail(op, &error);
+}
+
+static int run_call(Manager *m, Job *j, sd_bus_message *msg, JobCallHandler handler) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = handler(m, j, msg, &error);
+        if (r < 0) {
+                if (!sd_bus_error_is_set(&error))
+                        bus_error_set_errnof(&error, r, "Job %s: %s", j->id, strerror(-r));
+                return sd_bus_reply_method_error(msg, &error);
+        }
+        return r;
+}
+
+static void job_run_parked(Manager *m, Job *j) {
+        JobRuntime *rt = j->runtime;
+        while (rt && !rt->op && rt->n_parked > 0) {
+                ParkedCall c = rt->parked[0];
+                memmove(rt->parked, rt->parked + 1, (rt->n_parked - 1) * sizeof(ParkedCall));
+                rt->n_parked--;
+                (void) run_call(m, j, c.msg, c.handler);
+                sd_bus_message_unref(c.msg);
+        }
+}
+
+int manager_job_call(Manager *m, Job *j, sd_bus_message *msg, JobCallHandler handler) {
+        JobRuntime *rt = job_runtime(j);
+
+        if (!rt)
+                return -ENOMEM;
+        if (!rt->op && rt->n_parked == 0)
+                return run_call(m, j, msg, handler) < 0 ? -EIO : 1;
+
+        /* File work of an earlier call is in flight: keep the order, but bounded. */
+        if (rt->n_parked >= JOB_PARKED_CALLS_MAX)
+                return sd_bus_reply_method_errorf(msg, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                                  "Job %s has %u calls waiting already.", j->id, rt->n_parked);
+        ParkedCall *p = reallocarray(rt->parked, rt->n_parked + 1, sizeof(ParkedCall));
+        if (!p)
+                return -ENOMEM;
+        rt->parked = p;
+        rt->parked[rt->n_parked++] = (ParkedCall) { .msg = sd_bus_message_ref(msg), .handler = handler };
+        return 1;
+}
+
+static int job_op_new(Manager *m, Job *j, JobOpKind kind, sd_bus_message *msg, JobOp **ret) {
+        JobRuntime *rt = job_runtime(j);
+        JobOp *op;
+        int r;
+
+        if (!rt)
+                return -ENOMEM;
+        op = calloc(1, sizeof(JobOp));
+        if (!op)
+                return -ENOMEM;
+        *op = (JobOp) { .manager = m, .job = j, .kind = kind, .msg = sd_bus_message_ref(msg) };
+        r = identity_for_job(j, &op->id);
+        if (r < 0) {
+                job_op_free(op);
+                return r;
+        }
+        rt->op = op;
+        *ret = op;
+        return 0;
+}
+
+static void job_op_continue(JobOp *op);
+
+static void on_job_op_file_done(FileOpsRequest *req, int result, void *userdata);
+
+static void job_op_submit(JobOp *op, FileOp fop, const char *path, const char *path2) {
+        int r = file_ops_submit(op->manager->file_ops, &op->id, fop, path, path2, on_job_op_file_done, op, &op->request);
+        if (r < 0)
+                job_op_fail_errno(op, r, "Cannot start file work as the job owner");
+}
+
+/* -- AddFile / AddFileSet -- */
+
+static void add_files_commit(JobOp *op) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = op->manager;
+        Job *j = op->job;
+        BitsFile **files;
+        unsigned made;
+        int r;
+
+        files = calloc(op->n, sizeof(BitsFile *));
+        if (!files)
+                return job_op_fail_errno(op, -ENOMEM, "Cannot add the files");
+        for (made = 0; made < op->n; made++) {
+                _cleanup_free_ char *temp = NULL;
+                r = make_temp_name(j, op->local[made], &temp);
+                if (r < 0)
+                        goto fail;
+                files[made] = bits_file_new(op->remote[made], op->local[made], temp);
+                if (!files[made]) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+                files[made]->job = j;
+                files[made]->index = j->n_files + made;
+        }
+
+        j->modification_time = now(CLOCK_REALTIME);
+        r = store_begin(m->store);
+        for (unsigned i = 0; r >= 0 && i < op->n; i++)
+                r = store_save_file(m->store, files[i]);
+        if (r >= 0)
+                r = store_save_job(m->store, j);
+        if (r >= 0)
+                r = store_commit(m->store);
+        else
+                store_rollback(m->store);
+        if (r >= 0)
+                r = job_append_files(j, files, op->n);
+        if (r >= 0)
+                r = sd_bus_message_new_method_return(op->msg, &reply);
+        if (r < 0)
+                goto fail;
+        free(files);
+        log_debug("Job %s: %u file(s) added, %u in all.", j->id, op->n, j->n_files);
+        job_op_end(op, reply, NULL);
+        return;
+fail:
+        for (unsigned i = 0; i < made; i++)
+                bits_file_free(files[i]);
+        free(files);
+        job_op_fail_errno(op, r, "Cannot record the files");
+}
+
+static void add_files_continue(JobOp *op, int result) {
+        _cleanup_free_ char *copy = NULL;
+        const char *local = op->local[op->i];
+
+        switch (op->step) {
+        case STEP_CHECK_DIR:
+                copy = strdup(local);
+                if (!copy)
+                        return job_op_fail_errno(op, -ENOMEM, "Cannot check the directory");
+                if (result == -EACCES || result == -EPERM)
+                        return job_op_failf(op, SD_BUS_ERROR_ACCESS_DENIED, "Directory '%s' is not writable by uid %u.",
+                                            dirname(copy), (unsigned) op->id.uid);
+                if (result < 0)
+                        return job_op_failf(op, SD_BUS_ERROR_INVALID_ARGS, "Directory '%s' of '%s' is not usable: %s.",
+                                            dirname(copy), local, strerror(-result));
+                op->step = STEP_CHECK_TARGET;
+                return job_op_submit(op, FILE_OP_CHECK_TARGET, local, NULL);
+        case STEP_CHECK_TARGET:
+                if (result == -EACCES || result == -EPERM)
+                        return job_op_failf(op, SD_BUS_ERROR_ACCESS_DENIED, "Existing file '%s' is not writable by uid %u.",
+                                            local, (unsigned) op->id.uid);
+                if (result < 0)
+                        return job_op_failf(op, SD_BUS_ERROR_INVALID_ARGS, "Local name '%s' is not usable: %s.",
+                                            local, strerror(-result));
+                if (++op->i == op->n)
+                        return add_files_commit(op);
+                op->step = STEP_CHECK_DIR;
+                copy = strdup(op->local[op->i]);
+                if (!copy)
+                        return job_op_fail_errno(op, -ENOMEM, "Cannot check the directory");
+                return job_op_submit(op, FILE_OP_CHECK_DIR, dirname(copy), NULL);
+        default:
+                assert_not_reached();
+        }
+}
+
+/* Checks everything that needs no file system, then checks the directories and targets as the
+ * owner (asynchronously) and only then records the files. */
+static int add_files_start(Manager *m, Job *j, sd_bus_message *msg, char **remote, char **local, unsigned n,
+                           sd_bus_error *error) {
+        _cleanup_free_ char *copy = NULL;
+        JobOp *op;
         int r;
 
         if (job_state_is_final(j->state))
@@ -526,15 +805,14 @@ int manager_job_add_files(Manager *m, Job *j, char **remote, char **local, unsig
                                          "Job %s has %u files, %u more would exceed the limit of %u.", j->id,
                                          j->n_files, n, limit);
 
-        /* Everything is checked before anything changes. */
         for (unsigned i = 0; i < n; i++) {
-                _cleanup_free_ char *msg = NULL;
-                r = validate_remote_name(remote[i], &msg);
+                _cleanup_free_ char *msg_text = NULL;
+                r = validate_remote_name(remote[i], &msg_text);
                 if (r < 0)
-                        return map_validation_error(error, r, msg);
-                r = validate_local_path(local[i], &msg);
+                        return map_validation_error(error, r, msg_text);
+                r = validate_local_path(local[i], &msg_text);
                 if (r < 0)
-                        return map_validation_error(error, r, msg);
+                        return map_validation_error(error, r, msg_text);
                 if (job_has_local_name(j, local[i]))
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "Local name '%s' is already used by a file of job %s.", local[i], j->id);
@@ -544,75 +822,224 @@ int manager_job_add_files(Manager *m, Job *j, char **remote, char **local, unsig
                                                          "Local name '%s' is given twice.", local[i]);
         }
 
-        r = identity_for_job(j, &id);
+        r = job_op_new(m, j, JOB_OP_ADD_FILES, msg, &op);
         if (r < 0)
-                return sd_bus_error_set_errnof(error, -r, "Cannot look up the groups of uid %u.", (unsigned) j->owner);
-        for (unsigned i = 0; i < n; i++) {
-                _cleanup_free_ char *copy = strdup(local[i]);
-                if (!copy)
-                        return -ENOMEM;
-                const char *dir = dirname(copy);
-                r = file_ops_check_dir(m->file_ops, &id, dir);
-                if (r == -EACCES || r == -EPERM)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                                 "Directory '%s' is not writable by uid %u.", dir, (unsigned) j->owner);
-                if (r < 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Directory '%s' of '%s' is not usable: %s.",
-                                                 dir, local[i], strerror(-r));
-                r = file_ops_check_target(m->file_ops, &id, local[i]);
-                if (r == -EACCES || r == -EPERM)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                                 "Existing file '%s' is not writable by uid %u.", local[i], (unsigned) j->owner);
-                if (r < 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS, "Local name '%s' is not usable: %s.",
-                                                 local[i], strerror(-r));
-        }
-
-        files = calloc(n, sizeof(BitsFile *));
-        if (!files)
+                return r;
+        op->remote = calloc(n, sizeof(char *));
+        op->local = calloc(n, sizeof(char *));
+        if (!op->remote || !op->local) {
+                job_runtime(j)->op = job_op_free(op);
                 return -ENOMEM;
-        for (made = 0; made < n; made++) {
-                _cleanup_free_ char *temp = NULL;
-                r = make_temp_name(j, local[made], &temp);
-                if (r < 0)
-                        goto fail;
-                files[made] = bits_file_new(remote[made], local[made], temp);
-                if (!files[made]) {
-                        r = -ENOMEM;
-                        goto fail;
-                }
-                files[made]->job = j;
-                files[made]->index = j->n_files + made;
         }
-
-        j->modification_time = now(CLOCK_REALTIME);
-        r = store_begin(m->store);
-        for (unsigned i = 0; r >= 0 && i < n; i++)
-                r = store_save_file(m->store, files[i]);
-        if (r >= 0)
-                r = store_save_job(m->store, j);
-        if (r >= 0)
-                r = store_commit(m->store);
-        else
-                store_rollback(m->store);
+        memcpy(op->remote, remote, n * sizeof(char *));
+        memcpy(op->local, local, n * sizeof(char *));
+        op->n = n;
+        op->step = STEP_CHECK_DIR;
+        copy = strdup(local[0]);
+        if (!copy) {
+                job_runtime(j)->op = job_op_free(op);
+                return -ENOMEM;
+        }
+        r = file_ops_submit(m->file_ops, &op->id, FILE_OP_CHECK_DIR, dirname(copy), NULL, on_job_op_file_done, op,
+                            &op->request);
         if (r < 0) {
-                sd_bus_error_set_errnof(error, -r, "Cannot record the files: %s", store_last_error(m->store));
-                goto fail;
+                job_runtime(j)->op = job_op_free(op);
+                return bus_error_set_errnof(error, r, "Cannot start file work as uid %u: %s.", (unsigned) j->owner,
+                                            strerror(-r));
         }
-        r = job_append_files(j, files, n);
-        if (r < 0)
-                goto fail;
-        free(files);
-        log_debug("Job %s: %u file(s) added, %u in all.", j->id, n, j->n_files);
-        return 0;
-fail:
-        for (unsigned i = 0; i < made; i++)
-                bits_file_free(files[i]);
-        free(files);
-        return r;
+        return 1;
 }
 
-int manager_job_resume(Manager *m, Job *j, sd_bus_error *error) {
+int manager_call_add_file(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        const char *remote, *local;
+        int r = sd_bus_message_read(msg, "ss", &remote, &local);
+        if (r < 0)
+                return r;
+        return add_files_start(m, j, msg, (char **) &remote, (char **) &local, 1, error);
+}
+
+#define ADD_FILE_SET_MAX 100000U /* bound before any allocation; the job's own limit is checked later */
+
+int manager_call_add_file_set(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        _cleanup_free_ char **remote = NULL, **local = NULL;
+        size_t n = 0, a = 0;
+        const char *rn, *ln;
+        int r;
+
+        r = sd_bus_message_enter_container(msg, 'a', "(ss)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(msg, "(ss)", &rn, &ln)) > 0) {
+                if (n >= ADD_FILE_SET_MAX)
+                        return sd_bus_error_setf(error, BITS_ERROR_TOO_MANY_FILES_IN_JOB,
+                                                 "More than %u files in one AddFileSet call.", ADD_FILE_SET_MAX);
+                if (n == a) {
+                        a = a ? a * 2 : 16;
+                        char **x = reallocarray(remote, a, sizeof(char *)), **y;
+                        if (!x)
+                                return -ENOMEM;
+                        remote = x;
+                        y = reallocarray(local, a, sizeof(char *));
+                        if (!y)
+                                return -ENOMEM;
+                        local = y;
+                }
+                /* The strings live in the message, which the operation keeps until it replies. */
+                remote[n] = (char *) rn;
+                local[n] = (char *) ln;
+                n++;
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(msg);
+        if (r < 0)
+                return r;
+        return add_files_start(m, j, msg, remote, local, (unsigned) n, error);
+}
+
+/* -- Complete / Cancel -- */
+
+static void finalize_and_reply(JobOp *op, JobState final) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Job *j = op->job;
+        int r;
+
+        r = job_finalize(op->manager, j, final);
+        if (r < 0)
+                return job_op_fail_errno(op, r, "Cannot record the state");
+        if (final == JOB_ACKNOWLEDGED)
+                r = sd_bus_message_new_method_return(op->msg, &reply) < 0 ? -ENOMEM
+                    : sd_bus_message_append(reply, "s", op->undeleted > 0 ? "unable-to-delete-files"
+                                                        : op->partial ? "partial" : "complete");
+        else
+                r = sd_bus_message_new_method_return(op->msg, &reply);
+        if (r < 0)
+                return job_op_fail_errno(op, r, "Cannot reply");
+        job_op_end(op, reply, NULL);
+}
+
+/* Removes temporary files as the owner, one request at a time, then finalizes. */
+static void remove_temps_continue(JobOp *op) {
+        Job *j = op->job;
+        for (; op->i < j->n_files; op->i++) {
+                BitsFile *f = j->files[op->i];
+                if (f->completed || !f->temp_created)
+                        continue;
+                op->step = STEP_UNLINK;
+                return job_op_submit(op, FILE_OP_UNLINK, f->temp_name, NULL);
+        }
+        finalize_and_reply(op, op->kind == JOB_OP_COMPLETE ? JOB_ACKNOWLEDGED : JOB_CANCELLED);
+}
+
+/* Renames each transferred file into place as the owner: check the final name, then rename. */
+static void complete_continue(JobOp *op) {
+        Job *j = op->job;
+        for (; op->i < j->n_files; op->i++) {
+                BitsFile *f = j->files[op->i];
+                if (f->completed || !bits_file_is_transferred(f))
+                        continue;
+                op->step = STEP_CHECK_TARGET;
+                return job_op_submit(op, FILE_OP_CHECK_TARGET, f->local_name, NULL);
+        }
+        op->i = 0;
+        remove_temps_continue(op);
+}
+
+static void job_op_continue(JobOp *op) {
+        if (op->kind == JOB_OP_COMPLETE)
+                complete_continue(op);
+        else
+                remove_temps_continue(op);
+}
+
+static void on_job_op_file_done(FileOpsRequest *req, int result, void *userdata) {
+        JobOp *op = userdata;
+        Manager *m = op->manager;
+        Job *j = op->job;
+        BitsFile *f = op->i < j->n_files ? j->files[op->i] : NULL;
+
+        op->request = NULL;
+        if (op->kind == JOB_OP_ADD_FILES)
+                return add_files_continue(op, result);
+
+        switch (op->step) {
+        case STEP_CHECK_TARGET:
+                if (result >= 0) {
+                        op->step = STEP_RENAME;
+                        return job_op_submit(op, FILE_OP_RENAME, f->temp_name, f->local_name);
+                }
+                _fallthrough_;
+        case STEP_RENAME:
+                if (result < 0) {
+                        /* The files renamed so far stay available; the job waits for another Complete or a Cancel. */
+                        (void) job_persist(m, j, true);
+                        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                        bus_error_set_errnof(&error, result, "Cannot rename '%s' to '%s' as uid %u: %s.", f->temp_name,
+                                             f->local_name, (unsigned) op->id.uid, strerror(-result));
+                        return job_op_fail(op, &error);
+                }
+                f->completed = true;
+                f->temp_created = false;
+                (void) job_persist(m, j, true);
+                op->i++;
+                return job_op_continue(op);
+        case STEP_UNLINK:
+                if (result < 0 && result != -ENOENT) {
+                        log_warning_errno(result, "Job %s: cannot remove '%s' as uid %u: %m", j->id, f->temp_name,
+                                          (unsigned) op->id.uid);
+                        op->undeleted++;
+                } else
+                        f->temp_created = false;
+                op->i++;
+                return remove_temps_continue(op);
+        default:
+                assert_not_reached();
+        }
+}
+
+/* Both stop the transfer at once; the job leaves the scheduler's view while its files are dealt with. */
+static int job_stop_for_op(Manager *m, Job *j) {
+        job_stop_transfer(m, j);
+        if (j->state != JOB_SUSPENDED && j->state != JOB_TRANSFERRED && j->state != JOB_ERROR) {
+                job_enter_state(m, j, JOB_SUSPENDED);
+                return job_persist(m, j, true);
+        }
+        return job_persist(m, j, true);
+}
+
+int manager_call_cancel(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        JobOp *op;
+        int r;
+
+        if (job_state_next(j->state, JOB_EVENT_CANCEL, false) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        r = job_op_new(m, j, JOB_OP_CANCEL, msg, &op);
+        if (r < 0)
+                return r;
+        (void) job_stop_for_op(m, j);
+        remove_temps_continue(op);
+        return 1;
+}
+
+int manager_call_complete(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        JobOp *op;
+        int r;
+
+        if (job_state_next(j->state, JOB_EVENT_COMPLETE, false) < 0)
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        r = job_op_new(m, j, JOB_OP_COMPLETE, msg, &op);
+        if (r < 0)
+                return r;
+        (void) job_stop_for_op(m, j);
+        for (unsigned i = 0; i < j->n_files; i++)
+                op->partial = op->partial || !bits_file_is_transferred(j->files[i]);
+        complete_continue(op);
+        return 1;
+}
+
+/* -- Resume / Suspend: no file work -- */
+
+int manager_call_resume(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
         int next, r;
 
         if (job_state_is_final(j->state))
@@ -628,114 +1055,32 @@ int manager_job_resume(Manager *m, Job *j, sd_bus_error *error) {
                 j->no_progress_since = 0;
                 j->active_usec = 0; /* Resume starts MaximumDownloadTime over */
         }
-        if ((JobState) next == j->state)
-                return 0;
-        JobState old = j->state;
-        job_enter_state(m, j, (JobState) next);
-        if (next == JOB_TRANSFERRED)
-                j->transfer_completion_time = now(CLOCK_REALTIME);
-        r = job_persist(m, j, false);
-        if (r < 0) {
-                job_enter_state(m, j, old);
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
+        if ((JobState) next != j->state) {
+                JobState old = j->state;
+                job_enter_state(m, j, (JobState) next);
+                if (next == JOB_TRANSFERRED)
+                        j->transfer_completion_time = now(CLOCK_REALTIME);
+                r = job_persist(m, j, false);
+                if (r < 0) {
+                        job_enter_state(m, j, old);
+                        return bus_error_set_errnof(error, r, "Cannot record the state: %s", store_last_error(m->store));
+                }
         }
-        return 0;
+        return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
 }
 
-int manager_job_suspend(Manager *m, Job *j, sd_bus_error *error) {
+int manager_call_suspend(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
         if (job_state_next(j->state, JOB_EVENT_SUSPEND, false) < 0)
                 return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
-        if (j->state == JOB_SUSPENDED)
-                return 0;
-        /* Stopped before we answer, so BytesTransferred no longer moves once Suspend returned. */
-        job_stop_transfer(m, j);
-        job_enter_state(m, j, JOB_SUSPENDED);
-        int r = job_persist(m, j, true);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
-        return 0;
-}
-
-/* Removes temporary files as the owner. Returns the number that could not be removed. */
-static unsigned job_remove_temp_files(Manager *m, Job *j, const Identity *id, bool only_incomplete) {
-        unsigned failed = 0;
-        for (unsigned i = 0; i < j->n_files; i++) {
-                BitsFile *f = j->files[i];
-                if (f->completed || (only_incomplete && bits_file_is_transferred(f)) || !f->temp_created)
-                        continue;
-                int r = file_ops_unlink(m->file_ops, id, f->temp_name);
-                if (r < 0 && r != -ENOENT) {
-                        log_warning_errno(r, "Job %s: cannot remove '%s' as uid %u: %m", j->id, f->temp_name, (unsigned) id->uid);
-                        failed++;
-                } else
-                        f->temp_created = false;
-        }
-        return failed;
-}
-
-int manager_job_cancel(Manager *m, Job *j, sd_bus_error *error) {
-        Identity id;
-        int r;
-
-        if (job_state_next(j->state, JOB_EVENT_CANCEL, false) < 0)
-                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
-        job_stop_transfer(m, j);
-        r = identity_for_job(j, &id);
-        if (r >= 0)
-                (void) job_remove_temp_files(m, j, &id, false);
-        r = job_finalize(m, j, JOB_CANCELLED);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
-        return 0;
-}
-
-int manager_job_complete(Manager *m, Job *j, const char **ret_result, sd_bus_error *error) {
-        bool partial = false;
-        Identity id;
-        int r;
-
-        if (job_state_next(j->state, JOB_EVENT_COMPLETE, false) < 0)
-                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
-        r = identity_for_job(j, &id);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, -r, "Cannot look up the groups of uid %u.", (unsigned) j->owner);
-
-        job_stop_transfer(m, j);
-        if (job_state_is_active(j->state)) {
+        if (j->state != JOB_SUSPENDED) {
+                /* Stopped before we answer, so BytesTransferred no longer moves once Suspend returned. */
+                job_stop_transfer(m, j);
                 job_enter_state(m, j, JOB_SUSPENDED);
-                (void) job_persist(m, j, true);
+                int r = job_persist(m, j, true);
+                if (r < 0)
+                        return bus_error_set_errnof(error, r, "Cannot record the state: %s", store_last_error(m->store));
         }
-
-        for (unsigned i = 0; i < j->n_files; i++) {
-                BitsFile *f = j->files[i];
-                if (f->completed)
-                        continue;
-                if (!bits_file_is_transferred(f)) {
-                        partial = true;
-                        continue;
-                }
-                r = file_ops_check_target(m->file_ops, &id, f->local_name);
-                if (r >= 0)
-                        r = file_ops_rename(m->file_ops, &id, f->temp_name, f->local_name);
-                if (r < 0) {
-                        (void) job_persist(m, j, true);
-                        if (r == -EACCES || r == -EPERM)
-                                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                                         "Cannot rename '%s' to '%s' as uid %u: %s.", f->temp_name,
-                                                         f->local_name, (unsigned) id.uid, strerror(-r));
-                        return sd_bus_error_set_errnof(error, -r, "Cannot rename '%s' to '%s' as uid %u: %s.", f->temp_name,
-                                                       f->local_name, (unsigned) id.uid, strerror(-r));
-                }
-                f->completed = true;
-                f->temp_created = false;
-        }
-
-        unsigned undeleted = job_remove_temp_files(m, j, &id, true);
-        r = job_finalize(m, j, JOB_ACKNOWLEDGED);
-        if (r < 0)
-                return sd_bus_error_set_errnof(error, -r, "Cannot record the state: %s", store_last_error(m->store));
-        *ret_result = undeleted > 0 ? "unable-to-delete-files" : partial ? "partial" : "complete";
-        return 0;
+        return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
 }
 
 /* ---- startup ---- */
@@ -895,6 +1240,8 @@ int manager_startup(Manager *m) {
                 return r;
 
         r = file_ops_new(&m->file_ops, 0, 0, 0);
+        if (r >= 0)
+                r = file_ops_attach_event(m->file_ops, m->event);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up file workers: %m");
         r = transfer_engine_new(m->event, &m->config, m->file_ops, &callbacks, m, &m->engine);

@@ -32,8 +32,24 @@ typedef struct Manager {
         sd_event_source *gc_timer;
 } Manager;
 
+typedef struct JobOp JobOp;
+
+/* A bus call on a job. Returns < 0 with `error` set (the caller replies with it), 0 when it
+ * replied itself, 1 when it started file work as the owner and will reply when that is done. */
+typedef int (*JobCallHandler)(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+
+typedef struct ParkedCall {
+        sd_bus_message *msg;
+        JobCallHandler handler;
+} ParkedCall;
+
+#define JOB_PARKED_CALLS_MAX 64U
+
 /* Per-job runtime state that is never persisted. */
 typedef struct JobRuntime {
+        JobOp *op;                       /* file work for a call in flight (AddFile, Complete, Cancel) */
+        ParkedCall *parked;              /* calls that arrived meanwhile, answered in order afterwards */
+        unsigned n_parked;
         Transfer *transfer;
         sd_event_source *retry_timer;    /* transient-error -> queued, or -> error when the no-progress timeout ends */
         sd_event_source *deadline_timer; /* MaximumDownloadTime */
@@ -51,16 +67,26 @@ int manager_run(Manager *m);
 Job *manager_get_job(Manager *m, const char *id);
 
 /* Operations, called by the bus layer after it checked access. Each validates fully before it
- * changes anything, persists, and only then returns; user errors fill `error`. */
+ * changes anything, persists, and only then replies; user errors fill `error`. */
 int manager_create_job(Manager *m, uid_t owner, const char *name, const char *type, Job **ret, sd_bus_error *error);
-int manager_job_add_files(Manager *m, Job *j, char **remote, char **local, unsigned n, sd_bus_error *error);
-int manager_job_resume(Manager *m, Job *j, sd_bus_error *error);
-int manager_job_suspend(Manager *m, Job *j, sd_bus_error *error);
-int manager_job_cancel(Manager *m, Job *j, sd_bus_error *error);
-int manager_job_complete(Manager *m, Job *j, const char **ret_result, sd_bus_error *error);
+
+/* Runs the handler for a call on a job now, or — while the job has file work in flight — after
+ * it and the calls that arrived before, so calls on one job are answered in the order sent. */
+int manager_job_call(Manager *m, Job *j, sd_bus_message *msg, JobCallHandler handler);
+
+/* The handlers of the Job methods (see JobCallHandler). */
+int manager_call_add_file(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_add_file_set(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_resume(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_suspend(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_cancel(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_complete(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
 /* Persist a property change (bumps ModificationTime). */
 int manager_job_save(Manager *m, Job *j);
 
 bool manager_uid_is_exempt(uid_t uid);
+/* An error reply for a failed system call, with a name from the contract: AccessDenied for
+ * EACCES/EPERM, NoMemory, and Failed for everything else; the message names the value. */
+int bus_error_set_errnof(sd_bus_error *error, int r, const char *format, ...) _printf_(3, 4);
 /* Re-evaluate which jobs run (after a priority change, a new queued job, a free slot). */
 void manager_schedule(Manager *m);

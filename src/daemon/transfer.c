@@ -13,6 +13,9 @@
 #define COPY_CHUNK (8U * 1024U * 1024U)    /* file:// bytes copied per loop iteration */
 #define RESTARTS_MAX 3U
 
+/* Failures of the worker itself (stopped, hung file system, too busy): worth retrying later. */
+#define IN_SET_RETRYABLE(r) ((r) == -ETIMEDOUT || (r) == -ECONNRESET || (r) == -EAGAIN || (r) == -ENOSPC || (r) == -EDQUOT)
+
 struct TransferEngine {
         sd_event *event;
         const Config *config;
@@ -53,6 +56,11 @@ struct Transfer {
         bool have_content_range;
         uint32_t retry_after;
 
+        /* The file operation in flight in the owner's worker, if any. */
+        FileOpsRequest *request;
+        FileOp opening;
+        bool retried_open;
+
         /* file:// */
         int src_fd;
         uint64_t src_size;
@@ -80,16 +88,15 @@ static int write_all_at(int fd, const char *p, size_t n, uint64_t offset) {
         return 0;
 }
 
+static int write_through(Transfer *t, const char *data, size_t n);
+
 static int transfer_flush(Transfer *t) {
         int r;
         if (t->buf_len == 0)
                 return 0;
-        r = write_all_at(t->fd, t->buf, t->buf_len, t->written);
+        r = write_through(t, t->buf, t->buf_len);
         if (r < 0)
                 return r;
-        /* Start writeback now so the checkpoint's fdatasync() finds little left to do. */
-        (void) sync_file_range(t->fd, (off_t) t->written, (off_t) t->buf_len, SYNC_FILE_RANGE_WRITE);
-        t->written += t->buf_len;
         t->buf_len = 0;
         return 0;
 }
@@ -115,28 +122,39 @@ static bool checkpoint_due(Transfer *t) {
                now(CLOCK_MONOTONIC) - t->last_checkpoint >= (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC;
 }
 
+/* Writes at the end of what is on disk and starts writeback right away, so the checkpoint's
+ * fdatasync() finds little left to do. */
+static int write_through(Transfer *t, const char *data, size_t n) {
+        int r = write_all_at(t->fd, data, n, t->written);
+        if (r < 0)
+                return r;
+        (void) sync_file_range(t->fd, (off_t) t->written, (off_t) n, SYNC_FILE_RANGE_WRITE);
+        t->written += n;
+        return 0;
+}
+
 static int transfer_append(Transfer *t, const char *data, size_t n) {
+        uint64_t before = t->written;
         int r;
+
         if (t->buf_len + n > WRITE_BUFFER_SIZE) {
                 r = transfer_flush(t);
                 if (r < 0)
                         return r;
-                if (checkpoint_due(t)) {
-                        r = transfer_checkpoint(t);
-                        if (r < 0)
-                                return r;
-                }
         }
-        if (n >= WRITE_BUFFER_SIZE) {
-                r = write_all_at(t->fd, data, n, t->written);
+        if (t->buf_len == 0 && n >= WRITE_BUFFER_SIZE / 4) {
+                /* A large chunk goes straight to the file: copying it into the buffer gains nothing. */
+                r = write_through(t, data, n);
                 if (r < 0)
                         return r;
-                t->written += n;
         } else {
                 memcpy(t->buf + t->buf_len, data, n);
                 t->buf_len += n;
         }
         t->file->bytes_transferred = t->written + t->buf_len;
+
+        if (t->written != before && checkpoint_due(t))
+                return transfer_checkpoint(t);
         return 0;
 }
 
@@ -181,7 +199,7 @@ static TransferOutcome fail_local(Transfer *t, int error, const char *what) {
         snprintf(code, sizeof(code), "errno:%s", errno_name(error));
         (void) job_set_error(t->job, ERROR_CONTEXT_LOCAL_FILE, code, remote_protocol(t->file->remote_name),
                              (int) t->file->index, "Cannot %s '%s': %s", what, t->file->temp_name, strerror(error));
-        return (error == ENOSPC || error == EDQUOT) ? TRANSFER_TRANSIENT : TRANSFER_FATAL;
+        return IN_SET_RETRYABLE(-error) ? TRANSFER_TRANSIENT : TRANSFER_FATAL;
 }
 
 static const char *curl_code_name(CURLcode c) {
@@ -662,26 +680,13 @@ static int on_copy(sd_event_source *s, void *userdata) {
         return 0;
 }
 
-static int file_setup(Transfer *t, bool *ret_transient) {
+/* The source is open (as the owner): size it, decide whether our bytes still belong to it, copy. */
+static int file_source_ready(Transfer *t) {
         BitsFile *f = t->file;
-        _cleanup_free_ char *path = NULL;
         struct stat st;
         char validator[128];
         int r;
 
-        r = remote_local_path(f->remote_name, &path);
-        if (r < 0)
-                return r;
-        r = file_ops_open_read(t->engine->ops, &t->id, path);
-        if (r < 0) {
-                char code[48];
-                snprintf(code, sizeof(code), "errno:%s", errno_name(-r));
-                (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, "file", (int) f->index,
-                                     "Cannot open '%s' as uid %u: %s", path, (unsigned) t->id.uid, strerror(-r));
-                *ret_transient = r == -ETIMEDOUT;
-                return r;
-        }
-        t->src_fd = r;
         if (fstat(t->src_fd, &st) < 0)
                 return -errno;
 
@@ -689,7 +694,7 @@ static int file_setup(Transfer *t, bool *ret_transient) {
         snprintf(validator, sizeof(validator), "file:%" PRIu64 ":%" PRIu64 ":%" PRIu64 ":%" PRId64 ".%09ld",
                  (uint64_t) st.st_dev, (uint64_t) st.st_ino, (uint64_t) st.st_size,
                  (int64_t) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-        if (t->written > 0 && !streq_ptr(f->validator, validator)) {
+        if (t->written > 0 && (!streq_ptr(f->validator, validator) || t->written > (uint64_t) st.st_size)) {
                 r = transfer_reset_to_zero(t);
                 if (r < 0)
                         return r;
@@ -698,12 +703,6 @@ static int file_setup(Transfer *t, bool *ret_transient) {
                 return -ENOMEM;
         t->src_size = (uint64_t) st.st_size;
         f->bytes_total = t->src_size;
-        if (t->written > t->src_size) {
-                r = transfer_reset_to_zero(t);
-                if (r < 0)
-                        return r;
-                f->bytes_total = t->src_size;
-        }
 
         r = sd_event_add_defer(t->engine->event, &t->copy_source, on_copy, t);
         if (r < 0)
@@ -712,33 +711,41 @@ static int file_setup(Transfer *t, bool *ret_transient) {
         (void) sd_event_source_set_enabled(t->copy_source, SD_EVENT_ON);
         /* Lower priority than the bus, so a big copy never makes calls wait. */
         (void) sd_event_source_set_priority(t->copy_source, SD_EVENT_PRIORITY_IDLE);
+
+        t->connected = true;
+        t->engine->cb.connected(t, t->job, t->engine->userdata);
         return 0;
 }
 
-/* ---- start and stop ---- */
+static void on_source_opened(FileOpsRequest *req, int result, void *userdata) {
+        Transfer *t = userdata;
+        BitsFile *f = t->file;
+        int r;
 
-/* Opens (or creates) the temporary file as the user and positions us at the last checkpoint. */
-static int open_temp(Transfer *t) {
+        t->request = NULL;
+        if (result < 0) {
+                char code[48];
+                _cleanup_free_ char *path = NULL;
+                (void) remote_local_path(f->remote_name, &path);
+                snprintf(code, sizeof(code), "errno:%s", errno_name(-result));
+                (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, "file", (int) f->index,
+                                     "Cannot open '%s' as uid %u: %s", strempty(path), (unsigned) t->id.uid,
+                                     strerror(-result));
+                transfer_finish(t, IN_SET_RETRYABLE(result) ? TRANSFER_TRANSIENT : TRANSFER_FATAL, 0);
+                return;
+        }
+        t->src_fd = result;
+        r = file_source_ready(t);
+        if (r < 0)
+                transfer_finish(t, fail_local(t, -r, "prepare"), 0);
+}
+
+/* The temporary file is open: position at the last checkpoint and start fetching. */
+static int temp_ready(Transfer *t) {
         TransferEngine *e = t->engine;
         BitsFile *f = t->file;
         struct stat st;
-        int fd;
-
-        if (f->bytes_checkpoint > 0) {
-                fd = file_ops_open_write(e->ops, &t->id, f->temp_name);
-                if (fd == -ENOENT) {
-                        f->bytes_checkpoint = f->bytes_transferred = 0;
-                        fd = file_ops_create(e->ops, &t->id, f->temp_name);
-                }
-        } else {
-                fd = file_ops_create(e->ops, &t->id, f->temp_name);
-                if (fd == -EEXIST) /* ours from before a crash, with nothing recorded yet */
-                        fd = file_ops_open_write(e->ops, &t->id, f->temp_name);
-        }
-        if (fd < 0)
-                return fd;
-        t->fd = fd;
-        f->temp_created = true;
+        int r;
 
         if (fstat(t->fd, &st) < 0)
                 return -errno;
@@ -753,7 +760,56 @@ static int open_temp(Transfer *t) {
         }
         t->written = keep;
         f->bytes_transferred = keep;
-        return 0;
+
+        r = sd_event_add_time_relative(e->event, &t->checkpoint_timer, CLOCK_MONOTONIC,
+                                       (usec_t) e->config->checkpoint_interval_msec * USEC_PER_MSEC, 0,
+                                       on_checkpoint_timer, t);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_enabled(t->checkpoint_timer, SD_EVENT_ON);
+
+        if (remote_is_local_file(f->remote_name)) {
+                _cleanup_free_ char *path = NULL;
+                r = remote_local_path(f->remote_name, &path);
+                if (r < 0)
+                        return r;
+                return file_ops_submit(e->ops, &t->id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t, &t->request);
+        }
+        t->url = strdup(f->remote_name);
+        if (!t->url)
+                return -ENOMEM;
+        return http_setup(t);
+}
+
+/* Opening the temporary file as the owner: reopen it to continue after a checkpoint, create it
+ * otherwise; a file already at our name with nothing recorded is ours from before a crash. */
+static void on_temp_opened(FileOpsRequest *req, int result, void *userdata) {
+        Transfer *t = userdata;
+        TransferEngine *e = t->engine;
+        BitsFile *f = t->file;
+        int r;
+
+        t->request = NULL;
+        if (result == -ENOENT && t->opening == FILE_OP_OPEN_WRITE && f->bytes_checkpoint > 0) {
+                f->bytes_checkpoint = f->bytes_transferred = 0;
+                t->opening = FILE_OP_CREATE;
+        } else if (result == -EEXIST && t->opening == FILE_OP_CREATE && f->bytes_checkpoint == 0 && !t->retried_open) {
+                t->opening = FILE_OP_OPEN_WRITE;
+                t->retried_open = true;
+        } else if (result < 0) {
+                transfer_finish(t, fail_local(t, -result, "open the temporary file"), 0);
+                return;
+        } else {
+                t->fd = result;
+                f->temp_created = true;
+                r = temp_ready(t);
+                if (r < 0)
+                        transfer_finish(t, fail_local(t, -r, "start"), 0);
+                return;
+        }
+        r = file_ops_submit(e->ops, &t->id, t->opening, f->temp_name, NULL, on_temp_opened, t, &t->request);
+        if (r < 0)
+                transfer_finish(t, fail_local(t, -r, "open the temporary file"), 0);
 }
 
 int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, Transfer **ret, bool *ret_transient) {
@@ -767,58 +823,30 @@ int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, T
         *t = (Transfer) {
                 .engine = e, .job = j, .file = f, .id = *id, .fd = -EBADF, .src_fd = -EBADF,
                 .last_checkpoint = now(CLOCK_MONOTONIC),
+                .opening = f->bytes_checkpoint > 0 ? FILE_OP_OPEN_WRITE : FILE_OP_CREATE,
         };
         t->buf = malloc(WRITE_BUFFER_SIZE);
         if (!t->buf) {
-                r = -ENOMEM;
-                goto fail;
+                transfer_free(t);
+                return -ENOMEM;
         }
 
-        r = open_temp(t);
+        /* Everything that touches the file system happens in the owner's worker, answered later. */
+        r = file_ops_submit(e->ops, &t->id, t->opening, f->temp_name, NULL, on_temp_opened, t, &t->request);
         if (r < 0) {
-                *ret_transient = (-r == ENOSPC || -r == EDQUOT) || r == -ETIMEDOUT;
+                *ret_transient = IN_SET_RETRYABLE(r);
                 (void) fail_local(t, -r, "open the temporary file");
-                goto fail;
-        }
-
-        r = sd_event_add_time_relative(e->event, &t->checkpoint_timer, CLOCK_MONOTONIC,
-                                       (usec_t) e->config->checkpoint_interval_msec * USEC_PER_MSEC, 0,
-                                       on_checkpoint_timer, t);
-        if (r < 0)
-                goto fail;
-        (void) sd_event_source_set_enabled(t->checkpoint_timer, SD_EVENT_ON);
-
-        if (remote_is_local_file(f->remote_name)) {
-                r = file_setup(t, ret_transient);
-                if (r < 0) {
-                        if (j->error.context == ERROR_CONTEXT_NONE)
-                                (void) fail_local(t, -r, "prepare");
-                        goto fail;
-                }
-                t->connected = true;
-                e->cb.connected(t, j, e->userdata);
-        } else {
-                t->url = strdup(f->remote_name);
-                if (!t->url) {
-                        r = -ENOMEM;
-                        goto fail;
-                }
-                r = http_setup(t);
-                if (r < 0) {
-                        (void) fail_local(t, -r, "start");
-                        goto fail;
-                }
+                transfer_free(t);
+                return r;
         }
         *ret = t;
         return 0;
-fail:
-        transfer_free(t);
-        return r;
 }
 
 Transfer *transfer_free(Transfer *t) {
         if (!t)
                 return NULL;
+        t->request = file_ops_request_cancel(t->request);
         http_teardown(t);
         t->copy_source = sd_event_source_disable_unref(t->copy_source);
         t->checkpoint_timer = sd_event_source_disable_unref(t->checkpoint_timer);

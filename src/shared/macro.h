@@ -112,3 +112,11 @@ static inline int free_and_strdup(char **p, const char *s) {
         })
 
 #define ERRNO_NAME_MAX 32
+
+#define _fallthrough_ __attribute__((__fallthrough__))
+
+#define assert_not_reached()                                                                    \
+        do {                                                                                    \
+                fprintf(stderr, "%s:%d: code that cannot be reached was reached\n", __FILE__, __LINE__); \
+                abort();                                                                        \
+        } while (0)
