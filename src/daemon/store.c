@@ -7,6 +7,8 @@
 enum {
         STMT_BEGIN,
         STMT_COMMIT,
+        STMT_SYNC_NORMAL,
+        STMT_SYNC_FULL,
         STMT_ROLLBACK,
         STMT_SAVE_JOB,
         STMT_SAVE_FILE,
@@ -23,6 +25,8 @@ struct Store {
 static const char *const stmt_sql[_STMT_MAX] = {
         [STMT_BEGIN] = "BEGIN IMMEDIATE",
         [STMT_COMMIT] = "COMMIT",
+        [STMT_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
+        [STMT_SYNC_FULL] = "PRAGMA synchronous=FULL",
         [STMT_ROLLBACK] = "ROLLBACK",
         [STMT_SAVE_JOB] =
                 "INSERT OR REPLACE INTO jobs (id, type, state, owner, display_name, description, priority,"
@@ -235,6 +239,8 @@ Store *store_free(Store *s) {
 
 static int step_done(Store *s, sqlite3_stmt *st) {
         int rc = sqlite3_step(st);
+        while (rc == SQLITE_ROW) /* a PRAGMA may answer with its value */
+                rc = sqlite3_step(st);
         sqlite3_reset(st);
         sqlite3_clear_bindings(st);
         if (rc != SQLITE_DONE) {
@@ -255,9 +261,26 @@ int store_commit(Store *s) {
         return r;
 }
 
+int store_begin_progress(Store *s) {
+        int r = step_done(s, s->stmt[STMT_SYNC_NORMAL]);
+        if (r < 0)
+                return r;
+        r = store_begin(s);
+        if (r < 0)
+                (void) step_done(s, s->stmt[STMT_SYNC_FULL]);
+        return r;
+}
+
+int store_commit_progress(Store *s) {
+        int r = store_commit(s);
+        int k = step_done(s, s->stmt[STMT_SYNC_FULL]);
+        return r < 0 ? r : k;
+}
+
 void store_rollback(Store *s) {
         if (!sqlite3_get_autocommit(s->db))
                 (void) step_done(s, s->stmt[STMT_ROLLBACK]);
+        (void) step_done(s, s->stmt[STMT_SYNC_FULL]);
 }
 
 static void bind_text(sqlite3_stmt *st, int i, const char *v) {

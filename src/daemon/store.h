@@ -21,6 +21,13 @@ int store_begin(Store *s);
 int store_commit(Store *s);
 void store_rollback(Store *s);
 
+/* A transaction that records only progress: committed without waiting for the disk. Progress
+ * that is lost on a power failure is fetched again; it can never claim more than the disk holds,
+ * since the file data was made durable before the count was written, and the next durable commit
+ * (any state change) carries it along. */
+int store_begin_progress(Store *s);
+int store_commit_progress(Store *s);
+
 /* Writes the job row (all columns). */
 int store_save_job(Store *s, const Job *j);
 /* Writes the file row (all columns). */
