@@ -1026,6 +1026,24 @@ class HarnessTestCase(unittest.TestCase):
         super().setUpClass()
         cls.h = Harness().start()
         cls.addClassCleanup(cls.h.close)
+        cls.addClassCleanup(cls._check_clean_exit)
+
+    SANITIZER_MARKS = ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer', 'runtime error:')
+
+    @classmethod
+    def _check_clean_exit(cls):
+        """bitsd must stop cleanly on SIGTERM, and (in the sanitizer build) without any report."""
+        h = cls.h
+        if h is None or not h.root:
+            return
+        proc = h._procs.get('bitsd')
+        running = proc is not None and proc.poll() is None
+        status = h.stop_bitsd() if running else None  # one that already exited was the test's business
+        log = h.bitsd_log()
+        marks = [m for m in cls.SANITIZER_MARKS if m in log]
+        if marks or status not in (0, None):
+            h.dump_bitsd_log('bitsd did not exit cleanly (status %r, %s)' % (status, marks or 'no sanitizer report'))
+            raise AssertionError('bitsd exit status %r on SIGTERM; sanitizer reports: %r' % (status, marks))
 
     def run(self, result=None):
         before = len(result.failures) + len(result.errors) if result else 0
