@@ -392,10 +392,8 @@ static int on_schedule(sd_event_source *s, void *userdata) {
         if (!queued || !running)
                 return log_oom();
 
+        /* A job being completed or cancelled was moved out of queued/active first (job_stop_for_op()). */
         HASHMAP_FOREACH(j, m->jobs) {
-                JobRuntime *rt = j->runtime;
-                if (rt && rt->op)
-                        continue; /* Complete/Cancel/AddFile at work: not now */
                 if (j->state == JOB_QUEUED)
                         queued[n_queued++] = j;
                 else if (job_state_is_active(j->state) && j->priority != JOB_PRIORITY_FOREGROUND)
@@ -997,13 +995,12 @@ static void on_job_op_file_done(FileOpsRequest *req, int result, void *userdata)
         }
 }
 
-/* Both stop the transfer at once; the job leaves the scheduler's view while its files are dealt with. */
+/* Complete and Cancel stop the transfer at once, and take the job out of the scheduler's view
+ * (queued, active, waiting to retry) while its files are dealt with. */
 static int job_stop_for_op(Manager *m, Job *j) {
         job_stop_transfer(m, j);
-        if (j->state != JOB_SUSPENDED && j->state != JOB_TRANSFERRED && j->state != JOB_ERROR) {
+        if (j->state != JOB_SUSPENDED && j->state != JOB_TRANSFERRED && j->state != JOB_ERROR)
                 job_enter_state(m, j, JOB_SUSPENDED);
-                return job_persist(m, j, true);
-        }
         return job_persist(m, j, true);
 }
 
