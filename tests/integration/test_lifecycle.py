@@ -10,6 +10,7 @@ id forms, ListJobs, the visibility of other users' jobs, bad input that must not
 change a job, bitsctl's basic verbs, and the shipped introspection XML.
 """
 
+import json
 import os
 import re
 import time
@@ -708,6 +709,54 @@ class Transfers(LifecycleCase):
         self.assertEqual(sorted(os.listdir(d)), ['xfer.bin'])
         # The job was completed: nothing of alice's is left in the queue.
         self.assertEqual(self.alice.manager('ListJobs', 't', 0), [])
+
+    def busctl(self, uid, *args):
+        """busctl as UID on the private bus, JSON output; returns (CompletedProcess, parsed data or None)."""
+        r = self.h.run_as(uid, ['busctl', '--system', '--json=short', *args], timeout=30)
+        data = json.loads(r.stdout)['data'] if r.returncode == 0 and r.stdout.strip() else None
+        return r, data
+
+    def test_busctl_client_as_bob(self):
+        """A whole download through busctl, as another non-root user than the python clients' alice."""
+        h = self.h
+        d = self.userdir(BOB)
+        digest = h.make_file('nginx', 'busctl.bin', 2 * MiB + 7, seed=91)
+        dest = os.path.join(d, 'busctl.bin')
+        mgr = ('org.freedesktop.bits1', '/org/freedesktop/bits1', 'org.freedesktop.bits1.Manager')
+
+        r, data = self.busctl(BOB, 'call', *mgr, 'CreateJob', 'ss', 'via busctl', 'download')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        job_id, path = data
+        self.assertRegex(job_id, UUID_RE)
+        job = ('org.freedesktop.bits1', path, 'org.freedesktop.bits1.Job')
+        r, _ = self.busctl(BOB, 'call', *job, 'AddFile', 'ss', h.nginx_url('busctl.bin'), dest)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r, _ = self.busctl(BOB, 'call', *job, 'Resume')
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+        def state():
+            r, data = self.busctl(BOB, 'get-property', *job, 'State')
+            return data if r.returncode == 0 and data in ('transferred', 'error') else None
+        self.assertEqual(h.wait_for(state, timeout=30, what='busctl job to finish'), 'transferred')
+        r, data = self.busctl(BOB, 'get-property', *job, 'BytesTransferred')
+        self.assertEqual(data, 2 * MiB + 7)
+        r, data = self.busctl(BOB, 'call', *job, 'Complete')
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(data, ['complete'])
+        self.assertEqual(sha256_file(dest), digest)
+        self.assertEqual(os.stat(dest).st_uid, BOB)
+
+        # Errors reach busctl users with their names and the offending value.
+        r, _ = self.busctl(BOB, 'call', *mgr, 'GetJob', 's', 'not-a-job-id')
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn('not-a-job-id', r.stderr)
+        # alice's jobs do not exist for bob, not even through busctl.
+        alice_id, alice_path = self.create(name='alice private')
+        r, _ = self.busctl(BOB, 'get-property', 'org.freedesktop.bits1', alice_path,
+                           'org.freedesktop.bits1.Job', 'DisplayName')
+        self.assertNotEqual(r.returncode, 0)
+        self.assertNotIn('alice private', r.stdout + r.stderr)
+        self.alice.job(alice_path, 'Cancel')
 
 
 # =============================================================================
