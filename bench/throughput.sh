@@ -72,7 +72,7 @@ echo "  bitsd:  CreateJob+AddFile+Resume .. State=transferred (poll every ${BENC
 echo "          CPU = bitsd + its file workers (/proc/PID/stat, 10 ms ticks)"
 (( HAVE_ARIA )) && echo "  aria2c: aria2c -x1 -s1 --file-allocation=none -d DIR -o NAME URL && sync"
 echo "  sysCPU: busy CPU seconds of the whole machine during the run (nginx, writeback threads, ...)"
-echo "  the source file is in the page cache for every peer; sync before each run"
+echo "  before each run: sync, drop the page cache, re-read the source (it is cached for every peer)"
 
 if [[ ${BENCH_WARMUP:-1} = 1 ]]; then
         # The very first large write after the source was generated runs slow, whoever does it
@@ -90,6 +90,18 @@ if [[ ${BENCH_WARMUP:-1} = 1 ]]; then
         done
 fi
 
+# Every peer starts from the same state: no dirty pages or writeback left by the previous peer,
+# an empty page cache but for the (re-read) source. Without this, a peer's time depends mostly on
+# how much of the previous peer's writeback it has to wait behind (BENCH_SETTLE=0 to skip).
+settle() {
+        rm -f "$OUT"/*
+        sync
+        if [[ ${BENCH_SETTLE:-1} = 1 ]]; then
+                echo 1 > /proc/sys/vm/drop_caches
+                cat "$T/www/src.bin" > /dev/null
+        fi
+}
+
 for ((r = 1; r <= ROUNDS; r++)); do
         # rotate the order: every peer goes first in turn
         order=()
@@ -99,8 +111,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         echo "round $r/$ROUNDS (order: ${order[*]})"
         printf '  %-8s %9s %9s %8s %8s\n' peer wall_s MB/s CPU_s sysCPU_s
         for p in "${order[@]}"; do
-                rm -f "$OUT"/*
-                sync
+                settle
                 case $p in
                 curl) read -r w c s < <(run_curl); f=$OUT/curl.bin ;;
                 bitsd) read -r w c s < <(run_bitsd); f=$OUT/bitsd.bin ;;
