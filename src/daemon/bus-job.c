@@ -233,6 +233,7 @@ const sd_bus_vtable job_vtable[] = {
         SD_BUS_WRITABLE_PROPERTY("NoProgressTimeout", "u", property_get_no_progress_timeout, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_WRITABLE_PROPERTY("MaximumDownloadTime", "u", property_get_maximum_download_time, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_WRITABLE_PROPERTY("MinimumNotificationIntervalMsec", "u", property_get_notify_interval, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("NotifyCmdLine", "(sas)", bus_job_property_get_notify_cmdline, 0, 0),
         SD_BUS_METHOD_WITH_ARGS("AddFile", SD_BUS_ARGS("s", remote_url, "s", local_path), SD_BUS_NO_RESULT,
                                 method_add_file, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("AddFileSet", SD_BUS_ARGS("a(ss)", files), SD_BUS_NO_RESULT,
@@ -244,6 +245,15 @@ const sd_bus_vtable job_vtable[] = {
         SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Complete", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", result),
                                 method_complete, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("Subscribe", NULL, NULL, bus_job_subscribe, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("Unsubscribe", NULL, NULL, bus_job_unsubscribe, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SetNotifyCmdLine", SD_BUS_ARGS("s", program, "as", argv), SD_BUS_NO_RESULT,
+                                bus_job_set_notify_cmdline, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL("Transferred", NULL, 0),
+        SD_BUS_SIGNAL_WITH_ARGS("Error", SD_BUS_ARGS("s", context, "s", code, "s", message), 0),
+        SD_BUS_SIGNAL("Modification", NULL, 0),
+        SD_BUS_SIGNAL_WITH_ARGS("FileTransferred", SD_BUS_ARGS("o", file), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("FileRangesTransferred", SD_BUS_ARGS("o", file, "a(tt)", ranges), 0),
         SD_BUS_VTABLE_END,
 };
 

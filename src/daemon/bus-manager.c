@@ -125,5 +125,9 @@ const sd_bus_vtable manager_vtable[] = {
                                 SD_BUS_ARGS("t", flags),
                                 SD_BUS_RESULT("a(sossu)", jobs),
                                 method_list_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("WatchJobs", NULL, NULL, bus_manager_watch_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("UnwatchJobs", NULL, NULL, bus_manager_unwatch_jobs, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_SIGNAL_WITH_ARGS("JobChanged", SD_BUS_ARGS("o", job, "s", state, "t", bytes_transferred, "t", bytes_total), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("JobRemoved", SD_BUS_ARGS("o", job, "s", final_state), 0),
         SD_BUS_VTABLE_END,
 };

@@ -35,6 +35,7 @@ static int on_name_owner_changed(sd_bus_message *msg, void *userdata, sd_bus_err
                 free(c->name);
                 free(c);
         }
+        notify_name_lost(m, name);
         return 0;
 }
 

@@ -156,6 +156,8 @@ Job *job_free(Job *j) {
         free(j->files);
         job_error_info_clear(&j->error);
         free(j->object_path);
+        free(j->notify_program);
+        strv_free(j->notify_argv);
         free(j->display_name);
         free(j->description);
         return mfree(j);

@@ -157,6 +157,11 @@ struct Job {
         BitsFile **files;
         unsigned n_files;
 
+        /* SetNotifyCmdLine(): program ("" = none) and argv, run as notify_uid. */
+        char *notify_program;
+        char **notify_argv;
+        uid_t notify_uid;
+
         /* Retry bookkeeping, in CLOCK_REALTIME µs so it survives restarts. */
         usec_t no_progress_since;    /* first transient error without progress since, or 0 */
         usec_t retry_time;           /* when a transient-error job goes back to queued, or 0 */

@@ -66,6 +66,8 @@ static void job_runtime_free(Job *j) {
 }
 
 static void manager_job_free(Job *j) {
+        if (j->manager)
+                notify_job_freed(j->manager, j);
         job_runtime_free(j);
         job_free(j);
 }
@@ -100,7 +102,10 @@ static int job_persist(Manager *m, Job *j, bool with_files) {
 
 int manager_job_save(Manager *m, Job *j) {
         j->modification_time = now(CLOCK_REALTIME);
-        return job_persist(m, j, false);
+        int r = job_persist(m, j, false);
+        if (r >= 0)
+                notify_job_modified(m, j);
+        return r;
 }
 
 /* ---- state changes ---- */
@@ -138,8 +143,10 @@ static void job_enter_state(Manager *m, Job *j, JobState s) {
                 j->queued_seq = ++m->queue_seq;
                 manager_schedule(m);
         }
+        JobState old = j->state;
         j->state = s;
         j->modification_time = now(CLOCK_REALTIME);
+        notify_job_state(m, j, old);
 }
 
 /* Stop the job's transfer (if any) keeping every byte received. */
@@ -278,6 +285,10 @@ static void on_transfer_connected(Transfer *t, Job *j, void *userdata) {
         }
 }
 
+static void on_transfer_progress(Transfer *t, Job *j, void *userdata) {
+        notify_job_progress(userdata, j);
+}
+
 static void on_transfer_checkpoint(Transfer *t, Job *j, BitsFile *f, void *userdata) {
         Manager *m = userdata;
         int r;
@@ -308,6 +319,7 @@ static void on_transfer_finished(Transfer *t, Job *j, BitsFile *f, TransferOutco
         switch (o) {
         case TRANSFER_DONE:
                 log_debug("Job %s: file %u done (%" PRIu64 " bytes).", j->id, f->index, f->bytes_total);
+                notify_file_transferred(m, j, f);
                 if (job_next_pending_file(j)) {
                         job_start(m, j);
                         return;
@@ -738,6 +750,7 @@ static void add_files_commit(JobOp *op) {
                 goto fail;
         free(files);
         log_debug("Job %s: %u file(s) added, %u in all.", j->id, op->n, j->n_files);
+        notify_job_modified(m, j);
         job_op_end(op, reply, NULL);
         return;
 fail:
@@ -1210,6 +1223,7 @@ Manager *manager_free(Manager *m) {
                 hashmap_free(m->jobs);
         }
         bus_callers_free(m);
+        notifier_free(m->notifier);
         hashmap_free(m->callers);
         sd_event_source_disable_unref(m->schedule_source);
         sd_event_source_disable_unref(m->gc_timer);
@@ -1228,6 +1242,7 @@ int manager_startup(Manager *m) {
         static const TransferCallbacks callbacks = {
                 .connected = on_transfer_connected,
                 .checkpoint = on_transfer_checkpoint,
+                .progress = on_transfer_progress,
                 .finished = on_transfer_finished,
         };
         int r;
@@ -1244,6 +1259,9 @@ int manager_startup(Manager *m) {
         r = transfer_engine_new(m->event, &m->config, m->file_ops, &callbacks, m, &m->engine);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the transfer engine: %m");
+        r = notifier_new(m, &m->notifier);
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up notifications: %m");
 
         r = sd_event_add_defer(m->event, &m->schedule_source, on_schedule, m);
         if (r < 0)

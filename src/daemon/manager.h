@@ -8,6 +8,7 @@
 #include "file-ops.h"
 #include "hashmap.h"
 #include "job.h"
+#include "notify.h"
 #include "store.h"
 #include "transfer.h"
 
@@ -22,6 +23,7 @@ typedef struct Manager {
         Store *store;
         FileOps *file_ops;
         TransferEngine *engine;
+        Notifier *notifier;
 
         Hashmap *jobs;       /* hex id -> Job, final ones included until they expire */
         unsigned n_live_jobs; /* not final */

@@ -152,6 +152,7 @@ static int transfer_append(Transfer *t, const char *data, size_t n) {
                 t->buf_len += n;
         }
         t->file->bytes_transferred = t->written + t->buf_len;
+        t->engine->cb.progress(t, t->job, t->engine->userdata);
 
         if (t->written != before && checkpoint_due(t))
                 return transfer_checkpoint(t);
@@ -670,6 +671,7 @@ static int on_copy(sd_event_source *s, void *userdata) {
         }
         t->written += (uint64_t) n;
         t->file->bytes_transferred = t->written;
+        t->engine->cb.progress(t, t->job, t->engine->userdata);
         if (checkpoint_due(t)) {
                 int r = transfer_checkpoint(t);
                 if (r < 0) {

@@ -29,6 +29,8 @@ typedef enum TransferOutcome {
 typedef struct TransferCallbacks {
         /* The server answered and data flows (connecting -> transferring). */
         void (*connected)(Transfer *t, Job *j, void *userdata);
+        /* Bytes arrived (called for every chunk: keep it cheap). */
+        void (*progress)(Transfer *t, Job *j, void *userdata);
         /* file->bytes_checkpoint advanced (or went back to 0): record it. */
         void (*checkpoint)(Transfer *t, Job *j, BitsFile *f, void *userdata);
         /* Finished. The callback must call transfer_free(). retry_after: seconds the server asked for. */
