@@ -44,8 +44,21 @@ static int method_get_job(sd_bus_message *msg, void *userdata, sd_bus_error *err
         if (r < 0)
                 return r;
         Job *j = manager_get_job(m, canonical);
+        if (!j || !bus_job_visible(j, uid)) {
+                /* Not the caller's own: ask polkit — for missing ids too, so nothing tells them apart. */
+                r = auth_check(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB, NULL);
+                if (r == -EINPROGRESS)
+                        return 1;
+                if (r == -EUSERS)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                                "Too many authorization checks of this caller are in flight.");
+                if (r < 0)
+                        return r;
+                if (r == 0)
+                        j = NULL;
+        }
         /* Final, foreign and unknown jobs all answer alike. */
-        if (!j || job_state_is_final(j->state) || !bus_job_visible(j, uid))
+        if (!j || job_state_is_final(j->state))
                 return sd_bus_error_setf(error, BITS_ERROR_NOT_FOUND, "Job %s not found.", canonical);
         return sd_bus_reply_method_return(msg, "o", j->object_path);
 }
@@ -67,9 +80,24 @@ static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *e
         r = bus_caller_uid(m, msg, &uid);
         if (r < 0)
                 return r;
-        if ((flags & LIST_JOBS_ALL_USERS) && uid != 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                         "Listing the jobs of all users needs org.freedesktop.bits1.manage-any-job.");
+        if (flags & LIST_JOBS_ALL_USERS) {
+                bool challenge;
+                r = auth_check(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB, &challenge);
+                if (r == -EINPROGRESS)
+                        return 1;
+                if (r == -EUSERS)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                                "Too many authorization checks of this caller are in flight.");
+                if (r < 0)
+                        return r;
+                if (r == 0 && challenge && sd_bus_message_get_allow_interactive_authorization(msg) <= 0)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
+                                                "Listing the jobs of all users needs authentication for "
+                                                AUTH_ACTION_MANAGE_ANY_JOB ".");
+                if (r == 0)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                                "Listing the jobs of all users needs " AUTH_ACTION_MANAGE_ANY_JOB ".");
+        }
 
         r = sd_bus_message_new_method_return(msg, &reply);
         if (r >= 0)

@@ -36,6 +36,7 @@ static int on_name_owner_changed(sd_bus_message *msg, void *userdata, sd_bus_err
                 free(c);
         }
         notify_name_lost(m, name);
+        auth_name_lost(m->auth, name);
         return 0;
 }
 
@@ -80,6 +81,10 @@ bool bus_job_visible(Job *j, uid_t uid) {
         return uid == 0 || j->owner == uid;
 }
 
+bool bus_job_visible_to(Manager *m, sd_bus_message *msg, Job *j, uid_t uid) {
+        return bus_job_visible(j, uid) || auth_cached(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB) > 0;
+}
+
 /* "/org/freedesktop/bits1/job/<hex>" followed by rest (which may be ""). */
 static Job *job_from_path(Manager *m, const char *path, const char **rest) {
         const char *p = path + strlen(BITS_JOB_PREFIX);
@@ -106,7 +111,7 @@ static Job *visible_job_from_path(sd_bus *bus, Manager *m, const char *path, con
         if (!j || !msg || bus_caller_uid(m, msg, &uid) < 0)
                 return NULL;
         /* To anyone else the job does not exist: the same UnknownObject as for a bad id. */
-        return bus_job_visible(j, uid) ? j : NULL;
+        return bus_job_visible_to(m, msg, j, uid) ? j : NULL;
 }
 
 int job_object_find(sd_bus *bus, const char *path, const char *interface, void *userdata, void **found, sd_bus_error *error) {
@@ -149,7 +154,7 @@ int job_node_enumerator(sd_bus *bus, const char *path, void *userdata, char ***n
                 return 0;
         }
         HASHMAP_FOREACH(j, m->jobs) {
-                if (!bus_job_visible(j, uid))
+                if (!bus_job_visible_to(m, msg, j, uid))
                         continue;
                 if (n + j->n_files + 2 > a) {
                         a = (n + j->n_files + 2) * 2;
@@ -181,6 +186,52 @@ oom:
         return -ENOMEM;
 }
 
+/* Calls on job objects that are not the caller's own — whether the job exists or not, so that
+ * neither the answer nor its timing tells a foreign job from a missing one — and listings of the
+ * objects wait until polkit decided manage-any-job for the caller. The decision is then found by
+ * the object lookup, which must answer synchronously. */
+static int on_incoming(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Manager *m = userdata;
+        const char *path, *iface, *rest;
+        bool challenge;
+        uid_t uid;
+        int r;
+
+        uint8_t type;
+        if (sd_bus_message_get_type(msg, &type) < 0 || type != SD_BUS_MESSAGE_METHOD_CALL)
+                return 0;
+        path = sd_bus_message_get_path(msg);
+        iface = sd_bus_message_get_interface(msg);
+        if (!path)
+                return 0;
+        if (streq(path, BITS_MANAGER_PATH) || streq(path, "/") || streq(path, "/org/freedesktop") ||
+            streq(path, "/org/freedesktop/bits1/job")) {
+                /* Only the listings of objects depend on the decision. */
+                if (!streq_ptr(iface, "org.freedesktop.DBus.ObjectManager") &&
+                    !streq_ptr(iface, "org.freedesktop.DBus.Introspectable"))
+                        return 0;
+        } else if (strncmp(path, BITS_JOB_PREFIX "/", strlen(BITS_JOB_PREFIX) + 1) != 0)
+                return 0;
+        if (auth_take_redispatched(m->auth, msg))
+                return 0;
+        if (bus_caller_uid(m, msg, &uid) < 0 || uid == 0)
+                return 0;
+
+        Job *j = job_from_path(m, path, &rest);
+        if (j && j->owner == uid)
+                return 0;
+
+        r = auth_check(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB, &challenge);
+        if (r == -EINPROGRESS)
+                return 1; /* parked; dispatched again once polkit answered */
+        if (r == -EUSERS) {
+                (void) sd_bus_reply_method_errorf(msg, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                                  "Too many authorization checks of this caller are in flight.");
+                return 1;
+        }
+        return 0; /* decided: the lookup knows */
+}
+
 int bus_setup(Manager *m) {
         int r;
 
@@ -203,6 +254,10 @@ int bus_setup(Manager *m) {
                                 "NameOwnerChanged", on_name_owner_changed, m);
         if (r < 0)
                 return log_error_errno(r, "Cannot watch bus names: %m");
+
+        r = sd_bus_add_filter(m->bus, NULL, on_incoming, m);
+        if (r < 0)
+                return log_error_errno(r, "Cannot install the access filter: %m");
 
         r = sd_bus_add_object_vtable(m->bus, NULL, BITS_MANAGER_PATH, BITS_MANAGER_INTERFACE, manager_vtable, m);
         if (r >= 0)

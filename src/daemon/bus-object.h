@@ -19,8 +19,10 @@ void bus_callers_free(Manager *m);
 /* The UID of the sender of m, from the bus (never /proc); cached per unique name until it
  * leaves the bus. */
 int bus_caller_uid(Manager *mgr, sd_bus_message *m, uid_t *ret);
-/* May the caller see (and act on) this job? Owner and root. */
+/* May the caller see (and act on) this job? Owner and root; bus_job_visible_to() also callers that
+ * polkit authorized for manage-any-job (from the decision the access filter obtained first). */
 bool bus_job_visible(Job *j, uid_t uid);
+bool bus_job_visible_to(Manager *m, sd_bus_message *msg, Job *j, uid_t uid);
 
 extern const sd_bus_vtable manager_vtable[];
 extern const sd_bus_vtable job_vtable[];
