@@ -382,6 +382,58 @@ static void job_start(Manager *m, Job *j) {
         (void) job_persist(m, j, false);
 }
 
+/* BITS runs a user's jobs only while the user is logged on. Root and system users always run. */
+static bool owner_may_transfer(Manager *m, uid_t uid) {
+        _cleanup_free_ char *state = NULL;
+
+        if (!m->track_sessions || manager_uid_is_exempt(uid))
+                return true;
+        if (sd_uid_get_state(uid, &state) < 0)
+                return false;
+        return streq(state, "active") || streq(state, "online") || streq(state, "lingering");
+}
+
+/* A session ended or began: running jobs of users who left go back to queued, the scheduler
+ * starts what may run now. */
+static int on_login_change(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        Manager *m = userdata;
+        Job *j;
+
+        (void) sd_login_monitor_flush(m->login_monitor);
+        HASHMAP_FOREACH(j, m->jobs) {
+                if (!job_state_is_active(j->state) || owner_may_transfer(m, j->owner))
+                        continue;
+                log_info("Job %s: uid %u has no session any more, waiting for the next one.", j->id, (unsigned) j->owner);
+                job_stop_transfer(m, j);
+                job_enter_state(m, j, JOB_QUEUED);
+                (void) job_persist(m, j, true);
+        }
+        manager_schedule(m);
+        return 0;
+}
+
+static int setup_session_tracking(Manager *m) {
+        int r;
+
+        if (!m->config.require_owner_session)
+                return 0;
+        /* Without logind nobody would ever have a session: say so and run every job. */
+        if (access("/run/systemd/users", F_OK) < 0) {
+                log_notice("logind's user records are not available: jobs run regardless of sessions.");
+                return 0;
+        }
+        r = sd_login_monitor_new("uid", &m->login_monitor);
+        if (r < 0)
+                return log_error_errno(r, "Cannot watch logind sessions: %m");
+        r = sd_event_add_io(m->event, &m->login_source, sd_login_monitor_get_fd(m->login_monitor),
+                            (uint32_t) sd_login_monitor_get_events(m->login_monitor), on_login_change, m);
+        if (r < 0)
+                return r;
+        (void) sd_event_source_set_description(m->login_source, "logind");
+        m->track_sessions = true;
+        return 0;
+}
+
 static int cmp_queued(const void *a, const void *b) {
         const Job *x = *(Job *const *) a, *y = *(Job *const *) b;
         if (x->priority != y->priority)
@@ -406,7 +458,7 @@ static int on_schedule(sd_event_source *s, void *userdata) {
 
         /* A job being completed or cancelled was moved out of queued/active first (job_stop_for_op()). */
         HASHMAP_FOREACH(j, m->jobs) {
-                if (j->state == JOB_QUEUED)
+                if (j->state == JOB_QUEUED && owner_may_transfer(m, j->owner))
                         queued[n_queued++] = j;
                 else if (job_state_is_active(j->state) && j->priority != JOB_PRIORITY_FOREGROUND)
                         running[n_running++] = j;
@@ -1224,8 +1276,11 @@ Manager *manager_free(Manager *m) {
         }
         bus_callers_free(m);
         notifier_free(m->notifier);
+        auth_free(m->auth);
         hashmap_free(m->callers);
         sd_event_source_disable_unref(m->schedule_source);
+        sd_event_source_disable_unref(m->login_source);
+        sd_login_monitor_unref(m->login_monitor);
         sd_event_source_disable_unref(m->gc_timer);
         transfer_engine_free(m->engine);
         file_ops_free(m->file_ops);
@@ -1259,6 +1314,9 @@ int manager_startup(Manager *m) {
         r = transfer_engine_new(m->event, &m->config, m->file_ops, &callbacks, m, &m->engine);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the transfer engine: %m");
+        r = auth_new(m, &m->auth);
+        if (r < 0)
+                return log_oom();
         r = notifier_new(m, &m->notifier);
         if (r < 0)
                 return log_error_errno(r, "Cannot set up notifications: %m");
@@ -1288,6 +1346,10 @@ int manager_startup(Manager *m) {
                 r = sd_event_add_signal(m->event, NULL, SIGINT, on_sigterm, m);
         if (r >= 0)
                 r = sd_event_add_signal(m->event, NULL, SIGHUP, on_sighup, m);
+        if (r < 0)
+                return r;
+
+        r = setup_session_tracking(m);
         if (r < 0)
                 return r;
 

@@ -3,7 +3,9 @@
 
 #include <systemd/sd-bus.h>
 #include <systemd/sd-event.h>
+#include <systemd/sd-login.h>
 
+#include "auth.h"
 #include "config.h"
 #include "file-ops.h"
 #include "hashmap.h"
@@ -24,6 +26,7 @@ typedef struct Manager {
         FileOps *file_ops;
         TransferEngine *engine;
         Notifier *notifier;
+        Auth *auth;
 
         Hashmap *jobs;       /* hex id -> Job, final ones included until they expire */
         unsigned n_live_jobs; /* not final */
@@ -31,6 +34,9 @@ typedef struct Manager {
 
         Hashmap *callers;    /* unique bus name -> CallerCache */
         sd_event_source *schedule_source;
+        sd_login_monitor *login_monitor;
+        sd_event_source *login_source;
+        bool track_sessions;         /* RequireOwnerSession= and logind's state is available */
         sd_event_source *gc_timer;
 } Manager;
 
