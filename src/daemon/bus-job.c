@@ -62,6 +62,11 @@ static int method_complete(sd_bus_message *msg, void *userdata, sd_bus_error *er
         return manager_job_call(j->manager, j, msg, manager_call_complete);
 }
 
+static int method_take_ownership(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        return manager_job_call(j->manager, j, msg, manager_call_take_ownership);
+}
+
 /* ---- Job properties ---- */
 
 #define JOB_GETTER(name, sig, expr)                                                                     \
@@ -245,6 +250,7 @@ const sd_bus_vtable job_vtable[] = {
         SD_BUS_METHOD("Cancel", NULL, NULL, method_cancel, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Complete", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", result),
                                 method_complete, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("TakeOwnership", NULL, NULL, method_take_ownership, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Subscribe", NULL, NULL, bus_job_subscribe, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Unsubscribe", NULL, NULL, bus_job_unsubscribe, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("SetNotifyCmdLine", SD_BUS_ARGS("s", program, "as", argv), SD_BUS_NO_RESULT,

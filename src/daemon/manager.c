@@ -600,6 +600,7 @@ typedef enum JobOpKind {
         JOB_OP_ADD_FILES,
         JOB_OP_COMPLETE,
         JOB_OP_CANCEL,
+        JOB_OP_TAKE_OWNERSHIP,
 } JobOpKind;
 
 /* Steps of an operation's file work, each one request to the owner's worker. */
@@ -627,6 +628,9 @@ struct JobOp {
         /* Complete */
         bool partial;
         unsigned undeleted;
+
+        /* TakeOwnership: the new owner (op->id is the old one's while its files are removed) */
+        Identity new_id;
 };
 
 static JobOp *job_op_free(JobOp *op) {
@@ -1015,6 +1019,8 @@ static void job_op_continue(JobOp *op) {
                 remove_temps_continue(op);
 }
 
+static void take_ownership_continue(JobOp *op, int result);
+
 static void on_job_op_file_done(FileOpsRequest *req, int result, void *userdata) {
         JobOp *op = userdata;
         Manager *m = op->manager;
@@ -1024,6 +1030,8 @@ static void on_job_op_file_done(FileOpsRequest *req, int result, void *userdata)
         op->request = NULL;
         if (op->kind == JOB_OP_ADD_FILES)
                 return add_files_continue(op, result);
+        if (op->kind == JOB_OP_TAKE_OWNERSHIP)
+                return take_ownership_continue(op, result);
 
         switch (op->step) {
         case STEP_CHECK_TARGET:
@@ -1096,6 +1104,166 @@ int manager_call_complete(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error 
         for (unsigned i = 0; i < j->n_files; i++)
                 op->partial = op->partial || !bits_file_is_transferred(j->files[i]);
         complete_continue(op);
+        return 1;
+}
+
+/* -- TakeOwnership -- */
+
+/* Paths that mean something else to another user: the old owner's runtime directory. */
+static const char *job_path_private_to(Job *j, uid_t uid) {
+        char prefix[64];
+        snprintf(prefix, sizeof(prefix), "/run/user/%u/", (unsigned) uid);
+        for (unsigned i = 0; i < j->n_files; i++) {
+                BitsFile *f = j->files[i];
+                if (strncmp(f->local_name, prefix, strlen(prefix)) == 0)
+                        return f->local_name;
+                if (remote_is_local_file(f->remote_name) && strstr(f->remote_name, prefix))
+                        return f->remote_name;
+        }
+        return NULL;
+}
+
+static void take_ownership_commit(JobOp *op) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        Manager *m = op->manager;
+        Job *j = op->job;
+        uid_t old = j->owner;
+        int r;
+
+        /* Partial files start again as the new owner, under new names (temporary files are
+         * only ever reopened when they belong to the job's owner). */
+        for (unsigned i = 0; i < j->n_files; i++) {
+                BitsFile *f = j->files[i];
+                _cleanup_free_ char *temp = NULL;
+                if (f->completed || bits_file_is_transferred(f) || (!f->temp_created && f->bytes_checkpoint == 0))
+                        continue;
+                r = make_temp_name(j, f->local_name, &temp);
+                if (r < 0)
+                        return job_op_fail_errno(op, r, "Cannot name the temporary file");
+                free_and_replace(f->temp_name, temp);
+                f->bytes_transferred = f->bytes_checkpoint = 0;
+                f->bytes_total = BYTES_UNKNOWN;
+                f->temp_created = false;
+                f->validator = mfree(f->validator);
+        }
+        j->owner = op->new_id.uid;
+        /* BITS: TakeOwnership removes what acted with the old owner's rights. */
+        j->notify_program = mfree(j->notify_program);
+        j->notify_argv = strv_free(j->notify_argv);
+        j->notify_uid = 0;
+        j->modification_time = now(CLOCK_REALTIME);
+        r = job_persist(m, j, true);
+        if (r < 0) {
+                j->owner = old;
+                return job_op_fail_errno(op, r, "Cannot record the new owner");
+        }
+        log_info("Job %s: uid %u took ownership from uid %u.", j->id, (unsigned) j->owner, (unsigned) old);
+        notify_job_modified(m, j);
+        r = sd_bus_message_new_method_return(op->msg, &reply);
+        if (r < 0)
+                return job_op_fail_errno(op, r, "Cannot reply");
+        job_op_end(op, reply, NULL);
+}
+
+/* Step 1: as the new owner, every destination directory must take new files (STEP_CHECK_DIR).
+ * Step 2: as the old owner, partial temporary files are removed (STEP_UNLINK). */
+static void take_ownership_next(JobOp *op) {
+        Job *j = op->job;
+
+        for (; op->step == STEP_CHECK_DIR && op->i < j->n_files; op->i++) {
+                BitsFile *f = j->files[op->i];
+                if (f->completed)
+                        continue;
+                _cleanup_free_ char *copy = strdup(f->local_name);
+                if (!copy)
+                        return job_op_fail_errno(op, -ENOMEM, "Cannot check the directory");
+                int r = file_ops_submit(op->manager->file_ops, &op->new_id, FILE_OP_CHECK_DIR, dirname(copy), NULL,
+                                        on_job_op_file_done, op, &op->request);
+                if (r < 0)
+                        return job_op_fail_errno(op, r, "Cannot start file work as the new owner");
+                return;
+        }
+        if (op->step == STEP_CHECK_DIR) {
+                op->step = STEP_UNLINK;
+                op->i = 0;
+        }
+        for (; op->i < j->n_files; op->i++) {
+                BitsFile *f = j->files[op->i];
+                if (f->completed || bits_file_is_transferred(f) || !f->temp_created)
+                        continue;
+                return job_op_submit(op, FILE_OP_UNLINK, f->temp_name, NULL);
+        }
+        take_ownership_commit(op);
+}
+
+static void take_ownership_continue(JobOp *op, int result) {
+        Job *j = op->job;
+        BitsFile *f = j->files[op->i];
+
+        if (op->step == STEP_CHECK_DIR && result < 0) {
+                _cleanup_free_ char *copy = strdup(f->local_name);
+                return job_op_failf(op, BITS_ERROR_NEW_OWNER_NO_FILE_ACCESS,
+                                    "uid %u cannot create files in '%s': %s.", (unsigned) op->new_id.uid,
+                                    copy ? dirname(copy) : f->local_name, strerror(-result));
+        }
+        if (op->step == STEP_UNLINK && result < 0 && result != -ENOENT)
+                log_warning_errno(result, "Job %s: cannot remove '%s' as uid %u: %m", j->id, f->temp_name,
+                                  (unsigned) op->id.uid);
+        op->i++;
+        take_ownership_next(op);
+}
+
+int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        const char *private;
+        bool challenge;
+        uid_t uid;
+        JobOp *op;
+        int r;
+
+        if (job_state_is_final(j->state))
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        r = bus_caller_uid(m, msg, &uid);
+        if (r < 0)
+                return r;
+        r = auth_check(m->auth, msg, uid, AUTH_ACTION_TAKE_OWNERSHIP, &challenge);
+        if (r == -EINPROGRESS)
+                return 1; /* dispatched again once polkit answered */
+        if (r == -EUSERS)
+                return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                        "Too many authorization checks of this caller are in flight.");
+        if (r < 0)
+                return r;
+        if (r == 0 && challenge && sd_bus_message_get_allow_interactive_authorization(msg) <= 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
+                                         "Taking ownership of job %s needs authentication for %s.", j->id,
+                                         AUTH_ACTION_TAKE_OWNERSHIP);
+        if (r == 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "Taking ownership of job %s needs %s.",
+                                         j->id, AUTH_ACTION_TAKE_OWNERSHIP);
+        if (uid == j->owner)
+                return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
+
+        private = job_path_private_to(j, j->owner);
+        if (private)
+                return sd_bus_error_setf(error, BITS_ERROR_NEW_OWNER_DIFF_MAPPING,
+                                         "'%s' lies in a directory private to uid %u.", private, (unsigned) j->owner);
+
+        r = job_op_new(m, j, JOB_OP_TAKE_OWNERSHIP, msg, &op);
+        if (r < 0)
+                return r;
+        r = identity_from_uid(uid, &op->new_id);
+        if (r < 0 && r != -ESRCH) {
+                job_runtime(j)->op = job_op_free(op);
+                return bus_error_set_errnof(error, r, "Cannot look up the groups of uid %u.", (unsigned) uid);
+        }
+        /* Stop it while its files change hands; it goes on as the new owner afterwards. */
+        JobState before = j->state;
+        job_stop_transfer(m, j);
+        if (job_state_is_active(before))
+                job_enter_state(m, j, JOB_QUEUED);
+        op->step = STEP_CHECK_DIR;
+        op->i = 0;
+        take_ownership_next(op);
         return 1;
 }
 

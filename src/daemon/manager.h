@@ -89,6 +89,7 @@ int manager_call_resume(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *e
 int manager_call_suspend(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
 int manager_call_cancel(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
 int manager_call_complete(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
 /* Persist a property change (bumps ModificationTime). */
 int manager_job_save(Manager *m, Job *j);
 

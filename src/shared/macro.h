@@ -120,3 +120,12 @@ static inline int free_and_strdup(char **p, const char *s) {
                 fprintf(stderr, "%s:%d: code that cannot be reached was reached\n", __FILE__, __LINE__); \
                 abort();                                                                        \
         } while (0)
+
+/* Frees *a and moves b into it. */
+#define free_and_replace(a, b)                  \
+        ({                                      \
+                free(a);                        \
+                (a) = (b);                      \
+                (b) = NULL;                     \
+                0;                              \
+        })
