@@ -18,7 +18,8 @@ typedef struct Decision {
 
 typedef struct Check {
         Auth *auth;
-        char *key;
+        char *key;            /* "<sender>\n<action>\n<i|n>": plain and interactive questions differ */
+        char *decision_key;   /* "<sender>\n<action>" */
         char *sender;
         bool interactive;
         sd_bus_slot *slot;
@@ -54,6 +55,7 @@ static Check *check_free(Check *c) {
                 sd_bus_message_unref(c->parked[i]);
         free(c->parked);
         free(c->key);
+        free(c->decision_key);
         free(c->sender);
         return mfree(c);
 }
@@ -202,7 +204,7 @@ static int on_polkit_reply(sd_bus_message *reply, void *userdata, sd_bus_error *
         log_debug("polkit: %s -> %s%s", c->key, authorized ? "authorized" : "not authorized",
                   challenge ? " (challenge)" : "");
 
-        remember(a, c->key, authorized, challenge, c->interactive);
+        remember(a, c->decision_key, authorized, challenge, c->interactive);
         hashmap_remove(a->checks, c->key);
         for (unsigned i = 0; i < c->n_parked; i++)
                 redispatch(a, c->parked[i]);
@@ -242,24 +244,30 @@ int auth_check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool
                 return d->authorized;
         }
 
-        c = hashmap_get(a->checks, key);
-        if (c && (c->interactive || !interactive)) {
+        _cleanup_free_ char *check_key = NULL, *plain_key = NULL;
+        if (asprintf(&check_key, "%s\n%c", key, interactive ? 'i' : 'n') < 0)
+                return -ENOMEM;
+        c = hashmap_get(a->checks, check_key);
+        if (!c && !interactive) {
+                /* A plain call may as well wait for the answer to an interactive question. */
+                if (asprintf(&plain_key, "%s\ni", key) < 0)
+                        return -ENOMEM;
+                c = hashmap_get(a->checks, plain_key);
+        }
+        if (c) {
                 /* The same question is being asked already: wait for its answer. */
                 if (c->n_parked >= AUTH_PARKED_PER_CHECK_MAX)
                         return -EUSERS;
         } else {
                 if (pending_of(a, sender) >= AUTH_PENDING_PER_CALLER_MAX || hashmap_size(a->checks) >= AUTH_PENDING_MAX)
                         return -EUSERS;
-                if (c) {
-                        /* An interactive call needs its own question; the other one finishes on its own. */
-                        return -EUSERS;
-                }
                 c = calloc(1, sizeof(Check));
                 if (!c)
                         return -ENOMEM;
                 c->auth = a;
                 c->interactive = interactive;
-                c->key = TAKE_PTR(key);
+                c->key = TAKE_PTR(check_key);
+                c->decision_key = TAKE_PTR(key);
                 c->sender = strdup(sender);
                 if (!c->sender) {
                         check_free(c);
