@@ -1225,6 +1225,8 @@ int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_
         r = bus_caller_uid(m, msg, &uid);
         if (r < 0)
                 return r;
+        if (uid == j->owner) /* nothing to take */
+                return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
         r = auth_check(m->auth, msg, uid, AUTH_ACTION_TAKE_OWNERSHIP, &challenge);
         if (r == -EINPROGRESS)
                 return 1; /* dispatched again once polkit answered */
@@ -1240,9 +1242,6 @@ int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_
         if (r == 0)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "Taking ownership of job %s needs %s.",
                                          j->id, AUTH_ACTION_TAKE_OWNERSHIP);
-        if (uid == j->owner)
-                return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
-
         private = job_path_private_to(j, j->owner);
         if (private)
                 return sd_bus_error_setf(error, BITS_ERROR_NEW_OWNER_DIFF_MAPPING,

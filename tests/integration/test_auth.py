@@ -809,5 +809,115 @@ class Limits(AuthCase):
         self.assertEqual(alice.job_prop(job, 'FilesTotal'), 1)
 
 
+
+TAKE_RULE = '''polkit.addRule(function(action, subject) {
+    if ((action.id == "org.freedesktop.bits1.manage-any-job" ||
+         action.id == "org.freedesktop.bits1.take-ownership") && subject.isInGroup("bitsadmin"))
+        return polkit.Result.YES;
+});
+'''
+
+
+class TakeOwnership(AuthCase):
+
+    def alice_job(self, d, name='t.bin', size=1 << 20, seed=5, start=False):
+        digest = self.h.make_file('nginx', self.n + name, size, seed=seed)
+        alice = self.fresh(ALICE)
+        job_id, path = alice.manager('CreateJob', 'ss', self.n, 'download')
+        alice.job(path, 'AddFile', 'ss', self.h.nginx_url(self.n + name), os.path.join(d, name))
+        if start:
+            alice.job(path, 'Resume')
+        return alice, job_id, path, digest
+
+    def test_owner_taking_own_job_needs_nothing(self):
+        d = self.userdir(ALICE)
+        alice, _, path, _ = self.alice_job(d)
+        alice.job(path, 'TakeOwnership')  # no polkit question for a no-op
+        self.assertEqual(alice.job_prop(path, 'Owner'), ALICE)
+        alice.job(path, 'Cancel')
+
+    def test_without_take_ownership_action_nothing_changes(self):
+        self.polkit_rule('50-bitsadmin.rules', ADMIN_RULE)  # manage-any-job only
+        d = self.mkdir(os.path.join(self.h.root, 'shared-' + self.n), ALICE, 0o777)
+        alice, job_id, path, _ = self.alice_job(d)
+        admin = self.fresh(ADMIN)
+        # The default policy for take-ownership is auth_admin: a challenge, and the client did
+        # not allow interaction.
+        self.assertBusError(INTERACTIVE, admin.job, path, 'TakeOwnership')
+        self.assertEqual(alice.job_prop(path, 'Owner'), ALICE)
+        self.assertEqual(alice.manager('GetJob', 's', job_id), path)
+        alice.job(path, 'Cancel')
+
+    def test_admin_takes_ownership(self):
+        self.polkit_rule('50-take.rules', TAKE_RULE)
+        d = self.mkdir(os.path.join(self.h.root, 'shared-' + self.n), ALICE, 0o777)
+        alice, job_id, path, digest = self.alice_job(d, size=3 << 20, seed=8)
+        admin = self.fresh(ADMIN)
+        admin.job(path, 'TakeOwnership')
+        self.assertEqual(admin.job_prop(path, 'Owner'), ADMIN)
+        # It is admin's job now: alice does not see it any more, admin lists it as their own.
+        self.assertBusError(NOT_FOUND, alice.manager, 'GetJob', 's', job_id)
+        self.assertIn(job_id, [row[0] for row in admin.manager('ListJobs', 't', 0)])
+        admin.job(path, 'Resume')
+        self.assertEqual(admin.wait_job_state(path, ('transferred', 'error'), timeout=30), 'transferred')
+        self.assertEqual(admin.job(path, 'Complete'), 'complete')
+        final = os.path.join(d, 't.bin')
+        self.assertEqual(sha256_file(final), digest)
+        self.assertEqual(os.stat(final).st_uid, ADMIN)
+
+    def test_new_owner_without_access_to_the_destination(self):
+        self.polkit_rule('50-take.rules', TAKE_RULE)
+        d = self.userdir(ALICE)  # inside alice's 0700 home: admin cannot create files there
+        alice, _, path, _ = self.alice_job(d)
+        admin = self.fresh(ADMIN)
+        e = self.assertBusError(ERR + 'NewOwnerNoFileAccess', admin.job, path, 'TakeOwnership')
+        self.assertIn(d, e.message)
+        self.assertEqual(alice.job_prop(path, 'Owner'), ALICE)
+        alice.job(path, 'Cancel')
+
+    def test_private_directory_of_the_old_owner(self):
+        self.polkit_rule('50-take.rules', TAKE_RULE)
+        # /run/user/<uid> is per user; give the private namespace its own.
+        os.makedirs('/run/user', exist_ok=True)
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'mode=0755', 'tmpfs', '/run/user'], check=True)
+        self.addCleanup(subprocess.run, ['umount', '-l', '/run/user'])
+        d = self.mkdir('/run/user/%d' % ALICE, ALICE, 0o700)
+        alice, _, path, _ = self.alice_job(d)
+        admin = self.fresh(ADMIN)
+        e = self.assertBusError(ERR + 'NewOwnerDiffMapping', admin.job, path, 'TakeOwnership')
+        self.assertIn('/run/user/%d/' % ALICE, e.message)
+        self.assertEqual(alice.job_prop(path, 'Owner'), ALICE)
+        alice.job(path, 'Cancel')
+
+    def test_root_takes_ownership_and_partial_files_start_again(self):
+        d = self.mkdir(os.path.join(self.h.root, 'shared-' + self.n), ALICE, 0o777)
+        name = self.n + 'slow.bin'
+        digest = self.h.make_file('fault', name, 4 << 20, seed=12)
+        alice = self.fresh(ALICE)
+        _, path = alice.manager('CreateJob', 'ss', self.n, 'download')
+        alice.job(path, 'AddFile', 'ss', self.h.fault_url(name, rate=1 << 20), os.path.join(d, 'p.bin'))
+        alice.job(path, 'Resume')
+        self.h.wait_for(lambda: alice.job_prop(path, 'BytesTransferred') > 0, timeout=20, what='some bytes')
+        old_temp = alice.get(path + '/file/0', harness.FILE_IFACE, 'TemporaryName')
+        self.root.job(path, 'TakeOwnership')
+        self.assertEqual(self.root.job_prop(path, 'Owner'), 0)
+        # alice's partial file is gone (removed as alice), root starts the file again.
+        self.assertFalse(os.path.exists(old_temp))
+        new_temp = self.root.get(path + '/file/0', harness.FILE_IFACE, 'TemporaryName')
+        self.assertNotEqual(new_temp, old_temp)
+        self.root.job(path, 'Suspend')
+        self.root.set(path, harness.JOB_IFACE, 'Priority', 's', 'foreground')
+        self.root.job(path, 'Resume')
+        self.assertEqual(self.root.wait_job_state(path, ('transferred', 'error'), timeout=60), 'transferred')
+        self.assertEqual(self.root.job(path, 'Complete'), 'complete')
+        self.assertEqual(sha256_file(os.path.join(d, 'p.bin')), digest)
+        self.assertEqual(os.stat(os.path.join(d, 'p.bin')).st_uid, 0)
+
+    def test_final_job_is_invalid_state(self):
+        d = self.userdir(ALICE)
+        alice, _, path, _ = self.alice_job(d)
+        alice.job(path, 'Cancel')
+        self.assertBusError(ERR + 'InvalidState', self.root.job, path, 'TakeOwnership')
+
 if __name__ == '__main__':
     harness.main()
