@@ -546,6 +546,72 @@ void job_retry_plan(usec_t now, usec_t *no_progress_since, uint32_t min_retry_de
         *ret_give_up_at = give_up;
 }
 
+/* mountinfo escapes blanks and backslashes as \ooo octal. */
+static char *mountinfo_unescape(const char *s, size_t n) {
+        char *r = malloc(n + 1), *o = r;
+        if (!r)
+                return NULL;
+        for (size_t i = 0; i < n; i++) {
+                if (s[i] == '\\' && i + 3 < n && s[i + 1] >= '0' && s[i + 1] <= '3' &&
+                    s[i + 2] >= '0' && s[i + 2] <= '7' && s[i + 3] >= '0' && s[i + 3] <= '7') {
+                        *o++ = (char) ((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+                        i += 3;
+                } else
+                        *o++ = s[i];
+        }
+        *o = '\0';
+        return r;
+}
+
+static bool path_is_under(const char *path, const char *dir) {
+        size_t n = strlen(dir);
+        if (streq(dir, "/"))
+                return true;
+        return strncmp(path, dir, n) == 0 && (path[n] == '/' || path[n] == '\0');
+}
+
+int mountinfo_fuse_of_user(const char *mountinfo, const char *path, uid_t uid, char **ret_mount_point) {
+        char want[32];
+        _cleanup_free_ char *best = NULL;
+
+        snprintf(want, sizeof(want), "user_id=%u", (unsigned) uid);
+        for (const char *line = mountinfo; line && *line;) {
+                const char *end = strchrnul(line, '\n');
+                /* id parent major:minor root mount-point options [optional...] - fstype source super-options */
+                const char *f[5] = {}, *p = line;
+                size_t k = 0;
+                while (k < 5 && p < end) {
+                        f[k++] = p;
+                        p = memchr(p, ' ', (size_t) (end - p));
+                        if (!p)
+                                break;
+                        p++;
+                }
+                const char *sep = k == 5 ? strstr(line, " - ") : NULL;
+                if (sep && sep < end) {
+                        const char *fstype = sep + 3;
+                        const char *src = memchr(fstype, ' ', (size_t) (end - fstype));
+                        const char *super = src ? memchr(src + 1, ' ', (size_t) (end - src - 1)) : NULL;
+                        if (super && strncmp(fstype, "fuse", 4) == 0) {
+                                /* super options: comma separated, e.g. rw,user_id=1000,group_id=1000 */
+                                _cleanup_free_ char *opts = strndup(super + 1, (size_t) (end - super - 1));
+                                bool mine = false;
+                                for (char *o = opts, *save = NULL, *t; opts && (t = strtok_r(o, ",", &save)); o = NULL)
+                                        mine = mine || streq(t, want);
+                                const char *mp_end = memchr(f[4], ' ', (size_t) (end - f[4]));
+                                _cleanup_free_ char *mp = mp_end ? mountinfo_unescape(f[4], (size_t) (mp_end - f[4])) : NULL;
+                                if (mine && mp && path_is_under(path, mp) && (!best || strlen(mp) > strlen(best)))
+                                        free_and_replace(best, mp);
+                        }
+                }
+                line = *end ? end + 1 : end;
+        }
+        if (!best)
+                return 0;
+        *ret_mount_point = TAKE_PTR(best);
+        return 1;
+}
+
 bool http_status_is_transient(long status) {
         if (status >= 300 && status < 400)
                 return !(status <= 305 || status == 307);

@@ -223,5 +223,10 @@ const char *value_for_message(const char *s, char *buf, size_t size);
 void job_retry_plan(usec_t now, usec_t *no_progress_since, uint32_t min_retry_delay, uint32_t no_progress_timeout,
                     uint32_t retry_after, bool *ret_fatal, usec_t *ret_retry_at, usec_t *ret_give_up_at);
 
+/* In mountinfo text (the format of /proc/self/mountinfo), the mount point of the FUSE file system
+ * mounted by `uid` (option user_id=) that contains path, if any: 1 and *ret_mount_point (caller
+ * frees), 0 when there is none. Such a mount is seen differently, or not at all, by other users. */
+int mountinfo_fuse_of_user(const char *mountinfo, const char *path, uid_t uid, char **ret_mount_point);
+
 /* HTTP status classification for downloads: true when retrying may help. */
 bool http_status_is_transient(long status);

@@ -1109,16 +1109,39 @@ int manager_call_complete(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error 
 
 /* -- TakeOwnership -- */
 
-/* Paths that mean something else to another user: the old owner's runtime directory. */
+/* Paths that mean something else to another user: the old owner's runtime directory, and file
+ * systems the old owner mounted with FUSE (others see them differently or not at all). */
 static const char *job_path_private_to(Job *j, uid_t uid) {
+        _cleanup_free_ char *mountinfo = NULL;
+        _cleanup_fclose_ FILE *mi = fopen("/proc/self/mountinfo", "re");
         char prefix[64];
+        size_t n = 0;
+
+        if (mi) {
+                /* Bounded: a table larger than this is cut, never a reason to fail. */
+                mountinfo = calloc(1, 4 << 20);
+                if (mountinfo)
+                        n = fread(mountinfo, 1, (4 << 20) - 1, mi);
+                if (mountinfo)
+                        mountinfo[n] = '\0';
+        }
         snprintf(prefix, sizeof(prefix), "/run/user/%u/", (unsigned) uid);
         for (unsigned i = 0; i < j->n_files; i++) {
                 BitsFile *f = j->files[i];
-                if (strncmp(f->local_name, prefix, strlen(prefix)) == 0)
-                        return f->local_name;
-                if (remote_is_local_file(f->remote_name) && strstr(f->remote_name, prefix))
-                        return f->remote_name;
+                _cleanup_free_ char *source = NULL, *mp = NULL;
+                if (f->completed)
+                        continue;
+                if (remote_is_local_file(f->remote_name))
+                        (void) remote_local_path(f->remote_name, &source);
+                const char *paths[] = { f->local_name, source };
+                for (size_t k = 0; k < ELEMENTSOF(paths); k++) {
+                        if (!paths[k])
+                                continue;
+                        if (strncmp(paths[k], prefix, strlen(prefix)) == 0)
+                                return k == 0 ? f->local_name : f->remote_name;
+                        if (mountinfo && mountinfo_fuse_of_user(mountinfo, paths[k], uid, &mp) > 0)
+                                return k == 0 ? f->local_name : f->remote_name;
+                }
         }
         return NULL;
 }

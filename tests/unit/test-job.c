@@ -213,6 +213,29 @@ static void test_retry(void) {
         CHECK(!http_status_is_transient(301));
 }
 
+static void test_mountinfo_fuse(void) {
+        const char *mi =
+                "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+                "40 22 0:40 / /home/alice/remote rw,nosuid,nodev shared:20 - fuse.sshfs alice@host:/ rw,user_id=4001,group_id=4001\n"
+                "41 22 0:41 / /home/bob/my\\040files rw,nosuid,nodev - fuse bob rw,user_id=4002,group_id=4002\n"
+                "42 22 0:42 / /mnt/shared rw - fuse.gvfsd-fuse gvfsd rw,user_id=0,group_id=0\n";
+        char *mp = NULL;
+
+        CHECK_EQ_INT(mountinfo_fuse_of_user(mi, "/home/alice/remote/a.iso", 4001, &mp), 1);
+        CHECK_STREQ(mp, "/home/alice/remote");
+        free(mp);
+        mp = NULL;
+        CHECK_EQ_INT(mountinfo_fuse_of_user(mi, "/home/alice/remotely/a.iso", 4001, &mp), 0);
+        CHECK_EQ_INT(mountinfo_fuse_of_user(mi, "/home/alice/remote/a.iso", 4002, &mp), 0); /* not bob's */
+        CHECK_EQ_INT(mountinfo_fuse_of_user(mi, "/home/bob/my files/x", 4002, &mp), 1);    /* \040 = blank */
+        CHECK_STREQ(mp, "/home/bob/my files");
+        free(mp);
+        mp = NULL;
+        CHECK_EQ_INT(mountinfo_fuse_of_user(mi, "/srv/x", 4001, &mp), 0);
+        CHECK_EQ_INT(mountinfo_fuse_of_user("", "/srv/x", 4001, &mp), 0);
+        CHECK_EQ_INT(mountinfo_fuse_of_user("garbage without fields\n", "/srv/x", 4001, &mp), 0);
+}
+
 static void test_files(void) {
         Job *j = job_new("0123abcd-89ab-4def-8123-456789abcdef", JOB_DOWNLOAD, 4001, 5);
         BitsFile *f[2];
@@ -252,5 +275,6 @@ int main(void) {
         test_value_for_message();
         test_retry();
         test_files();
+        test_mountinfo_fuse();
         return tests_finish("test-job");
 }
