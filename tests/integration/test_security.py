@@ -15,8 +15,10 @@ A NUL inside a string cannot be sent over D-Bus at all; its in-band form, %00 in
 is covered by test_hostile_paths_and_urls_are_invalid_args.
 """
 
+import json
 import os
 import signal
+import subprocess
 import stat
 import threading
 import time
@@ -684,6 +686,59 @@ class Security(harness.HarnessTestCase):
         self.assert_refused(cm, (STRING_TOO_LONG, INVALID_ARGS), 'HUGE-NAME-')
         self.assert_job(self.alice, job, 'suspended', 0)
         self.assertEqual(os.listdir(d), [])
+
+    def test_create_job_flood_is_bounded_and_others_are_served(self):
+        # alice fires 10,000 CreateJob calls from her own process, pipelined; the daemon gives
+        # her MaxJobsPerUser (60) jobs and a clean TooManyJobsPerUser for the rest, and answers
+        # bob promptly all along.
+        flood = r"""
+import collections, json, dbus
+from dbus.mainloop.glib import DBusGMainLoop
+from gi.repository import GLib
+DBusGMainLoop(set_as_default=True)
+bus = dbus.SystemBus()
+mgr = dbus.Interface(bus.get_object('org.freedesktop.bits1', '/org/freedesktop/bits1'),
+                     'org.freedesktop.bits1.Manager')
+counts = collections.Counter()
+left = [10000]
+loop = GLib.MainLoop()
+def done(*a, err=None):
+    counts[err.get_dbus_name() if err else 'ok'] += 1
+    left[0] -= 1
+    if left[0] == 0:
+        loop.quit()
+for i in range(10000):
+    mgr.CreateJob('flood %d' % i, 'download', reply_handler=lambda *a: done(),
+                  error_handler=lambda e: done(err=e), timeout=120)
+loop.run()
+print(json.dumps(counts))
+"""
+        before = len(self.alice.manager('ListJobs', 't', 0))
+        proc = subprocess.Popen(['setpriv', '--reuid=%d' % ALICE, '--regid=%d' % ALICE, '--clear-groups',
+                                 '/usr/bin/python3', '-c', flood],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        worst = 0.0
+        while proc.poll() is None:
+            began = time.monotonic()
+            self.bob.manager('ListJobs', 't', 0, timeout=60)
+            worst = max(worst, time.monotonic() - began)
+        out, err = proc.communicate(timeout=120)
+        self.assertEqual(proc.returncode, 0, err)
+        counts = json.loads(out)
+        self.assertEqual(counts.get('ok', 0), 60 - before, counts)
+        # The rest is refused by bitsd (its limit) or, for calls beyond the bus's own bound on
+        # pending calls per connection, by dbus-daemon itself: nothing else.
+        refused = {'org.freedesktop.bits1.Error.TooManyJobsPerUser', 'org.freedesktop.DBus.Error.LimitsExceeded'}
+        self.assertEqual(set(counts) - {'ok'} - refused, set(), counts)
+        self.assertGreater(counts.get('org.freedesktop.bits1.Error.TooManyJobsPerUser', 0), 0, counts)
+        self.assertEqual(sum(counts.values()), 10000, counts)
+        self.assertLess(worst, 1.0, "bob waited %.2f s during alice's flood" % worst)
+        mine = self.alice.manager('ListJobs', 't', 0)
+        self.assertEqual(len(mine), 60)
+        for job_id, path, *_ in mine:
+            if job_id not in {j[0] for j in mine[:before]}:
+                self.alice.job(path, 'Cancel')
 
     def test_add_file_set_of_100000_is_refused_and_daemon_stays_responsive(self):
         d = self.alice_dir()
