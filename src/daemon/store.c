@@ -33,9 +33,9 @@ static const char *const stmt_sql[_STMT_MAX] = {
                 " notify_flags, minimum_retry_delay, no_progress_timeout, maximum_download_time,"
                 " notify_interval_msec, creation_time, modification_time, transfer_completion_time,"
                 " error_count, error_context, error_code, error_message, error_protocol, error_file,"
-                " no_progress_since, retry_time, active_usec)"
+                " no_progress_since, retry_time, active_usec, notify_program, notify_argv, notify_uid)"
                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-                " ?19, ?20, ?21, ?22, ?23, ?24)",
+                " ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
         [STMT_SAVE_FILE] =
                 "INSERT OR REPLACE INTO files (job_id, idx, remote_name, local_name, temp_name, bytes_total,"
                 " bytes_transferred, completed, temp_created, validator)"
@@ -85,6 +85,11 @@ static const char *const migrations[] = {
         " validator TEXT,"
         " PRIMARY KEY (job_id, idx)"
         ") WITHOUT ROWID;",
+        /* v1 -> v2: the notify command line (SetNotifyCmdLine); argv is its entries, each
+         * followed by a NUL byte (D-Bus strings cannot contain one). */
+        "ALTER TABLE jobs ADD COLUMN notify_program TEXT NOT NULL DEFAULT '';"
+        "ALTER TABLE jobs ADD COLUMN notify_argv BLOB;"
+        "ALTER TABLE jobs ADD COLUMN notify_uid INTEGER NOT NULL DEFAULT 0;",
 };
 
 const char *store_last_error(Store *s) {
@@ -321,6 +326,22 @@ int store_save_job(Store *s, const Job *j) {
         bind_u64(st, 22, j->no_progress_since);
         bind_u64(st, 23, j->retry_time);
         bind_u64(st, 24, j->active_usec);
+        bind_text(st, 25, strempty(j->notify_program));
+        _cleanup_free_ char *argv = NULL;
+        size_t argv_size = 0;
+        if (j->notify_argv && j->notify_argv[0]) {
+                for (char **a = j->notify_argv; *a; a++)
+                        argv_size += strlen(*a) + 1;
+                argv = malloc(argv_size);
+                if (!argv)
+                        return -ENOMEM;
+                char *p = argv;
+                for (char **a = j->notify_argv; *a; a++)
+                        p = stpcpy(p, *a) + 1;
+                sqlite3_bind_blob(st, 26, argv, (int) argv_size, SQLITE_STATIC);
+        } else
+                sqlite3_bind_null(st, 26);
+        bind_u64(st, 27, j->notify_uid);
         return step_done(s, st);
 }
 
@@ -401,6 +422,35 @@ static int load_files(Store *s, Job *j) {
         return r;
 }
 
+static int load_notify_cmdline(sqlite3_stmt *st, int col, Job *j) {
+        const char *program = col_text(st, col);
+        const char *blob = sqlite3_column_blob(st, col + 1);
+        int size = sqlite3_column_bytes(st, col + 1);
+        const char *end = blob ? blob + MAX(size, 0) : NULL;
+        _cleanup_strv_free_ char **argv = NULL;
+        size_t n = 0;
+
+        if (isempty(program))
+                return 0;
+        if (blob && (size <= 0 || end[-1] != '\0'))
+                return log_error_errno(-EBADMSG, "Job %s: malformed notify command line in the database.", j->id);
+        for (const char *p = blob; p && p < end; p += strlen(p) + 1)
+                n++;
+        argv = calloc(n + 1, sizeof(char *));
+        if (!argv)
+                return -ENOMEM;
+        n = 0;
+        for (const char *p = blob; p && p < end; p += strlen(p) + 1)
+                if (!(argv[n++] = strdup(p)))
+                        return -ENOMEM;
+        if (free_and_strdup(&j->notify_program, program) < 0)
+                return -ENOMEM;
+        strv_free(j->notify_argv);
+        j->notify_argv = TAKE_PTR(argv);
+        j->notify_uid = (uid_t) col_u64(st, col + 2);
+        return 0;
+}
+
 int store_load(Store *s, int (*cb)(Job *j, void *userdata), void *userdata) {
         sqlite3_stmt *st;
         int rc, r = 0, n = 0;
@@ -410,7 +460,7 @@ int store_load(Store *s, int (*cb)(Job *j, void *userdata), void *userdata) {
                                 " minimum_retry_delay, no_progress_timeout, maximum_download_time, notify_interval_msec,"
                                 " creation_time, modification_time, transfer_completion_time, error_count, error_context,"
                                 " error_code, error_message, error_protocol, error_file, no_progress_since, retry_time,"
-                                " active_usec FROM jobs ORDER BY creation_time, id",
+                                " active_usec, notify_program, notify_argv, notify_uid FROM jobs ORDER BY creation_time, id",
                                 -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -455,6 +505,9 @@ int store_load(Store *s, int (*cb)(Job *j, void *userdata), void *userdata) {
                 j->no_progress_since = col_u64(st, 21);
                 j->retry_time = col_u64(st, 22);
                 j->active_usec = col_u64(st, 23);
+                r = load_notify_cmdline(st, 24, j);
+                if (r < 0)
+                        break;
 
                 r = load_files(s, j);
                 if (r < 0)
