@@ -18,6 +18,7 @@ void config_init(Config *c) {
                 .stall_timeout_sec = 60,
                 .checkpoint_interval_msec = 1000,
                 .checkpoint_bytes = 8ULL << 20,
+                .notify_cmdline_timeout_sec = 300,
                 .max_background_jobs = 1,
                 .require_owner_session = true,
         };
@@ -72,6 +73,7 @@ static const Setting settings[] = {
         U32("StallTimeoutSec", stall_timeout_sec, 1, 24 * 3600),
         U32("CheckpointIntervalMSec", checkpoint_interval_msec, 10, 3600 * 1000),
         { "CheckpointBytes", offsetof(Config, checkpoint_bytes), T_U64, 65536, UINT64_C(1) << 40 },
+        U32("NotifyCmdLineTimeoutSec", notify_cmdline_timeout_sec, 1, 24 * 3600),
         U32("MaxBackgroundJobs", max_background_jobs, 1, 1000),
         { "RequireOwnerSession", offsetof(Config, require_owner_session), T_BOOL, 0, 1 },
 };

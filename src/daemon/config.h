@@ -17,6 +17,7 @@ typedef struct Config {
         uint32_t stall_timeout_sec;      /* no byte received for this long is a transient error */
         uint32_t checkpoint_interval_msec;
         uint64_t checkpoint_bytes;
+        uint32_t notify_cmdline_timeout_sec; /* a notify command line running longer is killed */
         uint32_t max_background_jobs;    /* background jobs transferring at once (foreground ones always run) */
         bool require_owner_session;
 } Config;

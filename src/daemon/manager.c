@@ -1171,9 +1171,7 @@ static void take_ownership_commit(JobOp *op) {
         }
         j->owner = op->new_id.uid;
         /* BITS: TakeOwnership removes what acted with the old owner's rights. */
-        j->notify_program = mfree(j->notify_program);
-        j->notify_argv = strv_free(j->notify_argv);
-        j->notify_uid = 0;
+        notify_job_clear_cmdline(m, j);
         j->modification_time = now(CLOCK_REALTIME);
         r = job_persist(m, j, true);
         if (r < 0) {

@@ -37,6 +37,9 @@ void notify_file_transferred(Manager *m, Job *j, BitsFile *f);
 void notify_job_freed(Manager *m, Job *j);
 /* A unique name left the bus: drop it as a subscriber and as a watcher. */
 void notify_name_lost(Manager *m, const char *name);
+/* Forget the job's command line (TakeOwnership): clears notify_program/argv/uid and any pending
+ * run or retry; a run in progress finishes. The caller persists the job (manager_job_save()). */
+void notify_job_clear_cmdline(Manager *m, Job *j);
 
 /* Bus handlers (vtable entries in bus-job.c and bus-manager.c). */
 int bus_job_subscribe(sd_bus_message *msg, void *userdata, sd_bus_error *error);

@@ -30,6 +30,7 @@ int main(void) {
         CHECK_EQ_INT(c.max_files_per_job, 200);
         CHECK_EQ_INT(c.max_ranges_per_file, 500);
         CHECK_EQ_INT(c.final_job_retention_sec, 600);
+        CHECK_EQ_INT(c.notify_cmdline_timeout_sec, 300);
 
         /* A missing optional file is fine, a missing explicit one is not. */
         CHECK_EQ_INT(config_load(&c, path, true), 0);
