@@ -220,10 +220,19 @@ static unsigned pending_of(Auth *a, const char *sender) {
         return n;
 }
 
+static int check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool interactive, bool *ret_challenge);
+
 int auth_check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool *ret_challenge) {
+        return check(a, msg, uid, action, sd_bus_message_get_allow_interactive_authorization(msg) > 0, ret_challenge);
+}
+
+int auth_check_quiet(Auth *a, sd_bus_message *msg, uid_t uid, const char *action) {
+        return check(a, msg, uid, action, false, NULL);
+}
+
+static int check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool interactive, bool *ret_challenge) {
         _cleanup_free_ char *key = NULL;
         const char *sender = sd_bus_message_get_sender(msg);
-        bool interactive = sd_bus_message_get_allow_interactive_authorization(msg) > 0;
         Check *c;
         int r;
 

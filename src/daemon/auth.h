@@ -29,8 +29,10 @@ Auth *auth_free(Auth *a);
 /* 1: authorized (root always is); 0: not (*ret_challenge: polkit would ask for authentication);
  * -EINPROGRESS: a check was started and msg parked — the caller must return without replying,
  * msg will be dispatched again; other negative errno on failure (-EUSERS: too many checks of
- * this caller in flight). */
+ * this caller in flight). polkit may interact with the user only if the message allows it. */
 int auth_check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool *ret_challenge);
+/* The same, never interactive: for calls that work without the authorization too (they do less). */
+int auth_check_quiet(Auth *a, sd_bus_message *msg, uid_t uid, const char *action);
 
 /* Only what is known already, never asks: 1 authorized, 0 not, -ENOENT no fresh decision. */
 int auth_cached(Auth *a, sd_bus_message *msg, uid_t uid, const char *action);

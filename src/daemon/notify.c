@@ -85,7 +85,12 @@ struct CmdRun {
 typedef struct Watcher {
         char *name;
         uid_t uid;
+        bool all;   /* authorized for manage-any-job when it started watching */
 } Watcher;
+
+static bool watcher_sees(Watcher *w, Job *j) {
+        return w->all || bus_job_visible(j, w->uid);
+}
 
 struct Notifier {
         Manager *manager;
@@ -228,7 +233,7 @@ static void send_error(Notifier *n, Job *j, const char *dest) {
 static void send_job_changed(Notifier *n, Job *j) {
         Watcher *w;
         HASHMAP_FOREACH(w, n->watchers)
-                if (bus_job_visible(j, w->uid) && !queue_is_full(n))
+                if (watcher_sees(w, j) && !queue_is_full(n))
                         (void) send_signal(n, w->name, BITS_MANAGER_PATH, BITS_MANAGER_INTERFACE, "JobChanged", "ostt",
                                            j->object_path, job_state_to_string(j->state),
                                            job_bytes_transferred(j), job_bytes_total(j));
@@ -237,7 +242,7 @@ static void send_job_changed(Notifier *n, Job *j) {
 static void send_job_removed(Notifier *n, Job *j) {
         Watcher *w;
         HASHMAP_FOREACH(w, n->watchers)
-                if (bus_job_visible(j, w->uid))
+                if (watcher_sees(w, j))
                         (void) send_signal(n, w->name, BITS_MANAGER_PATH, BITS_MANAGER_INTERFACE, "JobRemoved", "os",
                                            j->object_path, job_state_to_string(j->state));
 }
@@ -735,7 +740,7 @@ static int check_job_access(Manager *m, Job *j, sd_bus_message *msg, uid_t *ret_
         int r = bus_caller_uid(m, msg, &uid);
         if (r < 0)
                 return r;
-        if (!bus_job_visible(j, uid))
+        if (!bus_job_visible_to(m, msg, j, uid))
                 return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "Not allowed on job %s.", j->id);
         if (job_state_is_final(j->state))
                 return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
@@ -928,12 +933,19 @@ int bus_manager_watch_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *er
         if (hashmap_size(n->watchers) >= WATCHERS_MAX)
                 return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
                                          "Too many job watchers (limit %u in all).", WATCHERS_MAX);
+        /* Everybody may watch their own jobs; all jobs with manage-any-job (asked without
+         * prompting: watching works either way). */
+        r = auth_check_quiet(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB);
+        if (r == -EINPROGRESS)
+                return 1; /* dispatched again once polkit answered */
+        bool all = r > 0;
         w = calloc(1, sizeof(Watcher));
         if (!w || !(w->name = strdup(sender))) {
                 free(w);
                 return -ENOMEM;
         }
         w->uid = uid;
+        w->all = all;
         r = hashmap_put(n->watchers, w->name, w);
         if (r < 0) {
                 free(w->name);

@@ -810,6 +810,48 @@ class Limits(AuthCase):
 
 
 
+
+class AdminNotifications(AuthCase):
+    """manage-any-job also opens other users' jobs to WatchJobs and Subscribe."""
+
+    def alice_job(self):
+        d = self.mkdir(os.path.join(self.h.root, 'shared-' + self.n), ALICE, 0o777)
+        self.h.make_file('nginx', self.n + '.bin', 256 << 10, seed=3)
+        alice = self.fresh(ALICE)
+        _, path = alice.manager('CreateJob', 'ss', self.n, 'download')
+        alice.job(path, 'AddFile', 'ss', self.h.nginx_url(self.n + '.bin'), os.path.join(d, 'n.bin'))
+        return alice, path
+
+    def changed_for(self, client, path):
+        return [sig for sig in client.signals() if sig['member'] == 'JobChanged' and sig['args'][0] == path]
+
+    def test_admin_watcher_and_subscriber_with_the_rule(self):
+        self.polkit_rule('50-bitsadmin.rules', ADMIN_RULE)
+        admin = self.fresh(ADMIN)
+        admin.manager('WatchJobs')
+        alice, path = self.alice_job()
+        admin.job(path, 'Subscribe')  # the admin becomes the job's notification target
+        alice.job(path, 'Resume')
+        self.h.wait_for(lambda: [sig for sig in admin.signals() if sig['member'] == 'Transferred' and sig['path'] == path],
+                        timeout=30, what='Transferred for the admin subscriber')
+        self.assertTrue(self.changed_for(admin, path), 'no JobChanged for alice\'s job reached the admin watcher')
+        alice.job(path, 'Complete')
+        self.h.wait_for(lambda: [sig for sig in admin.signals() if sig['member'] == 'JobRemoved' and sig['args'][0] == path],
+                        timeout=10, what='JobRemoved for the admin watcher')
+
+    def test_watcher_without_the_rule_sees_only_its_own_jobs(self):
+        admin = self.fresh(ADMIN)
+        admin.manager('WatchJobs')  # allowed: everybody may watch their own jobs (no prompt)
+        alice, path = self.alice_job()
+        self.assertBusError(UNKNOWN_OBJECT, admin.job, path, 'Subscribe')
+        alice.job(path, 'Resume')
+        self.assertEqual(alice.wait_job_state(path, ('transferred', 'error'), timeout=30), 'transferred')
+        alice.job(path, 'Complete')
+        # A bounded wait: nothing about alice's job may arrive.
+        time.sleep(1.0)
+        self.assertEqual(self.changed_for(admin, path), [])
+        self.assertEqual([sig for sig in admin.signals() if path in map(str, sig['args'])], [])
+
 TAKE_RULE = '''polkit.addRule(function(action, subject) {
     if ((action.id == "org.freedesktop.bits1.manage-any-job" ||
          action.id == "org.freedesktop.bits1.take-ownership") && subject.isInGroup("bitsadmin"))
