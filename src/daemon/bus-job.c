@@ -67,6 +67,16 @@ static int method_take_ownership(sd_bus_message *msg, void *userdata, sd_bus_err
         return manager_job_call(j->manager, j, msg, manager_call_take_ownership);
 }
 
+static int method_set_helper_token(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        return manager_job_call(j->manager, j, msg, manager_call_set_helper_token);
+}
+
+static int method_clear_helper_token(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
+        Job *j = userdata;
+        return manager_job_call(j->manager, j, msg, manager_call_clear_helper_token);
+}
+
 /* ---- Job properties ---- */
 
 #define JOB_GETTER(name, sig, expr)                                                                     \
@@ -97,6 +107,8 @@ JOB_GETTER(minimum_retry_delay, "u", j->minimum_retry_delay)
 JOB_GETTER(no_progress_timeout, "u", j->no_progress_timeout)
 JOB_GETTER(maximum_download_time, "u", j->maximum_download_time)
 JOB_GETTER(notify_interval, "u", j->minimum_notification_interval_msec)
+JOB_GETTER(helper_token_flags, "u", j->helper_token_flags)
+JOB_GETTER(helper_token_uid, "u", manager_job_helper_token_uid(j))
 
 static int property_get_error(sd_bus *bus, const char *path, const char *interface, const char *property,
                               sd_bus_message *reply, void *userdata, sd_bus_error *error) {
@@ -203,6 +215,12 @@ static int property_set_u32(sd_bus *bus, const char *path, const char *interface
         } else if (streq(property, "MinimumRetryDelay")) {
                 v = MAX(v, JOB_MIN_RETRY_DELAY_MIN);
                 field = &j->minimum_retry_delay;
+        } else if (streq(property, "HelperTokenFlags")) {
+                if (v & ~HELPER_TOKEN_FLAGS_VALID)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Unknown helper token flags 0x%x in 0x%x (known: 0x1 local file, 0x2 network).",
+                                                 v & ~HELPER_TOKEN_FLAGS_VALID, v);
+                field = &j->helper_token_flags;
         } else if (streq(property, "NoProgressTimeout"))
                 field = &j->no_progress_timeout;
         else if (streq(property, "MaximumDownloadTime"))
@@ -239,6 +257,8 @@ const sd_bus_vtable job_vtable[] = {
         SD_BUS_WRITABLE_PROPERTY("MaximumDownloadTime", "u", property_get_maximum_download_time, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_WRITABLE_PROPERTY("MinimumNotificationIntervalMsec", "u", property_get_notify_interval, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_PROPERTY("NotifyCmdLine", "(sas)", bus_job_property_get_notify_cmdline, 0, 0),
+        SD_BUS_WRITABLE_PROPERTY("HelperTokenFlags", "u", property_get_helper_token_flags, property_set_u32, 0, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_PROPERTY("HelperTokenUid", "u", property_get_helper_token_uid, 0, 0),
         SD_BUS_METHOD_WITH_ARGS("AddFile", SD_BUS_ARGS("s", remote_url, "s", local_path), SD_BUS_NO_RESULT,
                                 method_add_file, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("AddFileSet", SD_BUS_ARGS("a(ss)", files), SD_BUS_NO_RESULT,
@@ -251,6 +271,9 @@ const sd_bus_vtable job_vtable[] = {
         SD_BUS_METHOD_WITH_ARGS("Complete", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", result),
                                 method_complete, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("TakeOwnership", NULL, NULL, method_take_ownership, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("SetHelperToken", SD_BUS_ARGS("h", socket), SD_BUS_NO_RESULT,
+                                method_set_helper_token, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD("ClearHelperToken", NULL, NULL, method_clear_helper_token, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Subscribe", NULL, NULL, bus_job_subscribe, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD("Unsubscribe", NULL, NULL, bus_job_unsubscribe, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("SetNotifyCmdLine", SD_BUS_ARGS("s", program, "as", argv), SD_BUS_NO_RESULT,

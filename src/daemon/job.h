@@ -104,6 +104,9 @@ int job_state_next(JobState from, JobEvent event, bool has_pending_files);
 #define JOB_NO_PROGRESS_TIMEOUT_DEFAULT 1209600U
 #define JOB_MAX_DOWNLOAD_TIME_DEFAULT 7776000U
 #define JOB_NOTIFY_INTERVAL_DEFAULT_MSEC 500U
+#define HELPER_TOKEN_LOCAL_FILE 0x1U
+#define HELPER_TOKEN_NETWORK 0x2U
+#define HELPER_TOKEN_FLAGS_VALID 0x3U
 #define BYTES_UNKNOWN UINT64_MAX
 
 typedef struct JobErrorInfo {
@@ -161,6 +164,10 @@ struct Job {
         char *notify_program;
         char **notify_argv;
         uid_t notify_uid;
+
+        /* HelperTokenFlags: which work uses the helper token's identity (not the token itself,
+         * which is never stored). */
+        uint32_t helper_token_flags;
 
         /* Retry bookkeeping, in CLOCK_REALTIME µs so it survives restarts. */
         usec_t no_progress_since;    /* first transient error without progress since, or 0 */

@@ -5,6 +5,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include "bus-errors.h"
@@ -347,6 +348,23 @@ static int identity_for_job(Job *j, Identity *ret) {
         return r == -ESRCH ? 0 : r;
 }
 
+/* The identity for the job's work selected by a HelperTokenFlags bit: the helper token's when
+ * the bit is set (-ENOKEY when no token is set), the owner's otherwise. */
+static int job_identity(Job *j, uint32_t flag, Identity *ret) {
+        JobRuntime *rt = j->runtime;
+        if (!(j->helper_token_flags & flag))
+                return identity_for_job(j, ret);
+        if (!rt || !rt->has_token)
+                return -ENOKEY;
+        *ret = rt->token;
+        return 0;
+}
+
+uint32_t manager_job_helper_token_uid(Job *j) {
+        JobRuntime *rt = j->runtime;
+        return rt && rt->has_token ? (uint32_t) rt->token.uid : UINT32_MAX;
+}
+
 static void job_start(Manager *m, Job *j) {
         JobRuntime *rt = job_runtime(j);
         BitsFile *f = job_next_pending_file(j);
@@ -363,14 +381,25 @@ static void job_start(Manager *m, Job *j) {
         if (j->state == JOB_QUEUED)
                 job_enter_state(m, j, JOB_CONNECTING);
 
-        r = identity_for_job(j, &id);
+        Identity source_id;
+        r = job_identity(j, HELPER_TOKEN_LOCAL_FILE, &id);
+        if (r >= 0)
+                r = job_identity(j, HELPER_TOKEN_NETWORK, &source_id);
+        if (r == -ENOKEY) {
+                /* Helper tokens are never stored: after a restart the application must set it again. */
+                (void) job_set_error(j, ERROR_CONTEXT_QUEUE_MANAGER, "bits:TokenRequired", "", (int) f->index,
+                                     "HelperTokenFlags is 0x%x but no helper token is set (SetHelperToken)",
+                                     j->helper_token_flags);
+                job_fatal_error(m, j);
+                return;
+        }
         if (r < 0) {
                 (void) job_set_error(j, ERROR_CONTEXT_QUEUE_MANAGER, "errno:EINVAL", "", (int) f->index,
                                      "Cannot look up the groups of uid %u", (unsigned) j->owner);
                 job_transient_error(m, j, 0);
                 return;
         }
-        r = transfer_start(m->engine, j, f, &id, &rt->transfer, &transient);
+        r = transfer_start(m->engine, j, f, &id, &source_id, &rt->transfer, &transient);
         if (r < 0) {
                 rt->transfer = NULL;
                 if (transient)
@@ -691,6 +720,10 @@ static void job_op_fail_errno(JobOp *op, int r, const char *what) {
 static int run_call(Manager *m, Job *j, sd_bus_message *msg, JobCallHandler handler) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         int r = handler(m, j, msg, &error);
+        if (r == -ENOKEY && !sd_bus_error_is_set(&error))
+                sd_bus_error_setf(&error, SD_BUS_ERROR_ACCESS_DENIED,
+                                  "Job %s needs a helper token for its local files (HelperTokenFlags 0x%x) "
+                                  "and has none: call SetHelperToken or clear the flags.", j->id, j->helper_token_flags);
         if (r < 0) {
                 if (!sd_bus_error_is_set(&error))
                         bus_error_set_errnof(&error, r, "Job %s: %s", j->id, strerror(-r));
@@ -741,7 +774,9 @@ static int job_op_new(Manager *m, Job *j, JobOpKind kind, sd_bus_message *msg, J
         if (!op)
                 return -ENOMEM;
         *op = (JobOp) { .manager = m, .job = j, .kind = kind, .msg = sd_bus_message_ref(msg) };
-        r = identity_for_job(j, &op->id);
+        r = job_identity(j, HELPER_TOKEN_LOCAL_FILE, &op->id);
+        if (r == -ENOKEY && kind == JOB_OP_CANCEL)
+                r = identity_for_job(j, &op->id); /* cancelling must always be possible: as the owner then */
         if (r < 0) {
                 job_op_free(op);
                 return r;
@@ -1285,6 +1320,78 @@ int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_
         op->i = 0;
         take_ownership_next(op);
         return 1;
+}
+
+/* -- helper tokens -- */
+
+/* The identity at the other end of a connected AF_UNIX socket: who had to connect to it. */
+static int identity_from_socket(int fd, Identity *ret) {
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        int domain = 0, type = 0;
+        socklen_t dl = sizeof(domain), tl = sizeof(type);
+        gid_t groups[IDENTITY_GROUPS_MAX];
+        socklen_t gl = sizeof(groups);
+
+        if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) < 0 || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) < 0)
+                return -ENOTSOCK;
+        if (domain != AF_UNIX)
+                return -EAFNOSUPPORT;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return -errno;
+        if (cred.pid <= 0 || cred.uid == (uid_t) -1)
+                return -ENOTCONN;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &gl) < 0)
+                return errno == ERANGE ? -E2BIG : -errno;
+        *ret = (Identity) { .uid = cred.uid, .gid = cred.gid, .n_groups = gl / sizeof(gid_t) };
+        memcpy(ret->groups, groups, gl);
+        return 0;
+}
+
+int manager_call_set_helper_token(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        Identity id;
+        uid_t uid;
+        int fd, r;
+
+        if (job_state_is_final(j->state))
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        r = sd_bus_message_read(msg, "h", &fd);
+        if (r < 0)
+                return r;
+        r = identity_from_socket(fd, &id);
+        if (r < 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "The helper token must be a connected AF_UNIX socket: %s.", strerror(-r));
+        r = bus_caller_uid(m, msg, &uid);
+        if (r < 0)
+                return r;
+        if (id.uid == 0 && uid != 0) {
+                /* BITS: a non-administrator cannot set an administrator's token. */
+                r = auth_check_quiet(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB);
+                if (r == -EINPROGRESS)
+                        return 1;
+                if (r <= 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
+                                                 "A helper token of root needs root or %s.", AUTH_ACTION_MANAGE_ANY_JOB);
+        }
+        JobRuntime *rt = job_runtime(j);
+        if (!rt)
+                return -ENOMEM;
+        rt->has_token = true;
+        rt->token = id;
+        log_info("Job %s: helper token of uid %u set by uid %u.", j->id, (unsigned) id.uid, (unsigned) uid);
+        return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
+}
+
+int manager_call_clear_helper_token(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
+        JobRuntime *rt = j->runtime;
+        if (job_state_is_final(j->state))
+                return sd_bus_error_setf(error, BITS_ERROR_INVALID_STATE, "Job %s is %s.", j->id, job_state_to_string(j->state));
+        if (rt) {
+                rt->has_token = false;
+                rt->token = (Identity) {};
+        }
+        return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
 }
 
 /* -- Resume / Suspend: no file work -- */

@@ -59,6 +59,8 @@ typedef struct JobRuntime {
         ParkedCall *parked;              /* calls that arrived meanwhile, answered in order afterwards */
         unsigned n_parked;
         Transfer *transfer;
+        bool has_token;                  /* SetHelperToken(): never persisted */
+        Identity token;
         sd_event_source *retry_timer;    /* transient-error -> queued, or -> error when the no-progress timeout ends */
         sd_event_source *deadline_timer; /* MaximumDownloadTime */
         sd_event_source *expire_timer;   /* final job leaves the bus */
@@ -90,6 +92,10 @@ int manager_call_suspend(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *
 int manager_call_cancel(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
 int manager_call_complete(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
 int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_set_helper_token(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+int manager_call_clear_helper_token(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error);
+/* The UID of the job's helper token, or UINT32_MAX. */
+uint32_t manager_job_helper_token_uid(Job *j);
 /* Persist a property change (bumps ModificationTime). */
 int manager_job_save(Manager *m, Job *j);
 

@@ -33,9 +33,10 @@ static const char *const stmt_sql[_STMT_MAX] = {
                 " notify_flags, minimum_retry_delay, no_progress_timeout, maximum_download_time,"
                 " notify_interval_msec, creation_time, modification_time, transfer_completion_time,"
                 " error_count, error_context, error_code, error_message, error_protocol, error_file,"
-                " no_progress_since, retry_time, active_usec, notify_program, notify_argv, notify_uid)"
+                " no_progress_since, retry_time, active_usec, notify_program, notify_argv, notify_uid,"
+                " helper_token_flags)"
                 " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,"
-                " ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                " ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
         [STMT_SAVE_FILE] =
                 "INSERT OR REPLACE INTO files (job_id, idx, remote_name, local_name, temp_name, bytes_total,"
                 " bytes_transferred, completed, temp_created, validator)"
@@ -90,6 +91,8 @@ static const char *const migrations[] = {
         "ALTER TABLE jobs ADD COLUMN notify_program TEXT NOT NULL DEFAULT '';"
         "ALTER TABLE jobs ADD COLUMN notify_argv BLOB;"
         "ALTER TABLE jobs ADD COLUMN notify_uid INTEGER NOT NULL DEFAULT 0;",
+        /* v2 -> v3: HelperTokenFlags (the token itself is never stored) */
+        "ALTER TABLE jobs ADD COLUMN helper_token_flags INTEGER NOT NULL DEFAULT 0;",
 };
 
 const char *store_last_error(Store *s) {
@@ -342,6 +345,7 @@ int store_save_job(Store *s, const Job *j) {
         } else
                 sqlite3_bind_null(st, 26);
         bind_u64(st, 27, j->notify_uid);
+        bind_u64(st, 28, j->helper_token_flags);
         return step_done(s, st);
 }
 
@@ -460,7 +464,8 @@ int store_load(Store *s, int (*cb)(Job *j, void *userdata), void *userdata) {
                                 " minimum_retry_delay, no_progress_timeout, maximum_download_time, notify_interval_msec,"
                                 " creation_time, modification_time, transfer_completion_time, error_count, error_context,"
                                 " error_code, error_message, error_protocol, error_file, no_progress_since, retry_time,"
-                                " active_usec, notify_program, notify_argv, notify_uid FROM jobs ORDER BY creation_time, id",
+                                " active_usec, notify_program, notify_argv, notify_uid, helper_token_flags"
+                                " FROM jobs ORDER BY creation_time, id",
                                 -1, &st, NULL);
         if (rc != SQLITE_OK)
                 return sqlite_to_errno(rc);
@@ -508,6 +513,7 @@ int store_load(Store *s, int (*cb)(Job *j, void *userdata), void *userdata) {
                 r = load_notify_cmdline(st, 24, j);
                 if (r < 0)
                         break;
+                j->helper_token_flags = (uint32_t) col_u64(st, 27);
 
                 r = load_files(s, j);
                 if (r < 0)

@@ -9,7 +9,7 @@
 
 typedef struct Store Store;
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 /* Opens (creating and migrating as needed) the database at path. A database from a newer
  * version is refused with -EPROTONOSUPPORT; a corrupt one with -EBADMSG. */

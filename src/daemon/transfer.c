@@ -30,7 +30,8 @@ struct Transfer {
         TransferEngine *engine;
         Job *job;
         BitsFile *file;
-        Identity id;
+        Identity id;          /* for the temporary file */
+        Identity source_id;   /* for a file:// or path source */
         int fd;
         uint64_t written;       /* bytes in the temporary file */
         char *buf;
@@ -731,7 +732,7 @@ static void on_source_opened(FileOpsRequest *req, int result, void *userdata) {
                 (void) remote_local_path(f->remote_name, &path);
                 snprintf(code, sizeof(code), "errno:%s", errno_name(-result));
                 (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, "file", (int) f->index,
-                                     "Cannot open '%s' as uid %u: %s", strempty(path), (unsigned) t->id.uid,
+                                     "Cannot open '%s' as uid %u: %s", strempty(path), (unsigned) t->source_id.uid,
                                      strerror(-result));
                 transfer_finish(t, IN_SET_RETRYABLE(result) ? TRANSFER_TRANSIENT : TRANSFER_FATAL, 0);
                 return;
@@ -775,7 +776,8 @@ static int temp_ready(Transfer *t) {
                 r = remote_local_path(f->remote_name, &path);
                 if (r < 0)
                         return r;
-                return file_ops_submit(e->ops, &t->id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t, &t->request);
+                return file_ops_submit(e->ops, &t->source_id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t,
+                                       &t->request);
         }
         t->url = strdup(f->remote_name);
         if (!t->url)
@@ -814,7 +816,8 @@ static void on_temp_opened(FileOpsRequest *req, int result, void *userdata) {
                 transfer_finish(t, fail_local(t, -r, "open the temporary file"), 0);
 }
 
-int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, Transfer **ret, bool *ret_transient) {
+int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, const Identity *source_id,
+                   Transfer **ret, bool *ret_transient) {
         Transfer *t;
         int r;
 
@@ -823,7 +826,7 @@ int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, T
         if (!t)
                 return -ENOMEM;
         *t = (Transfer) {
-                .engine = e, .job = j, .file = f, .id = *id, .fd = -EBADF, .src_fd = -EBADF,
+                .engine = e, .job = j, .file = f, .id = *id, .source_id = *source_id, .fd = -EBADF, .src_fd = -EBADF,
                 .last_checkpoint = now(CLOCK_MONOTONIC),
                 .opening = f->bytes_checkpoint > 0 ? FILE_OP_OPEN_WRITE : FILE_OP_CREATE,
         };

@@ -41,10 +41,12 @@ int transfer_engine_new(sd_event *e, const Config *config, FileOps *ops, const T
                         void *userdata, TransferEngine **ret);
 TransferEngine *transfer_engine_free(TransferEngine *e);
 
-/* Starts fetching f (the job's next pending file) with id's credentials for local files. On
+/* Starts fetching f (the job's next pending file) with id's credentials for the temporary file
+ * and source_id's for a file:// or path source. On
  * failure to even start (e.g. the temporary file cannot be created), job->error is filled in
  * and a negative errno returned; *ret_transient tells whether retrying may help. */
-int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, Transfer **ret, bool *ret_transient);
+int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, const Identity *source_id,
+                   Transfer **ret, bool *ret_transient);
 
 /* Stops a running transfer: received data is flushed and made durable, the checkpoint updated
  * in memory (the caller records it), the temporary file closed. NULL is fine. */

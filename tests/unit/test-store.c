@@ -50,6 +50,7 @@ static void test_roundtrip(void) {
         j->notify_argv[2] = strdup("--job=0123 'x'");
         j->notify_argv[3] = strdup("");
         j->notify_uid = 4001;
+        j->helper_token_flags = 0x3;
 
         CHECK_EQ_INT(store_begin(s), 0);
         CHECK_EQ_INT(store_save_job(s, j), 0);
@@ -90,6 +91,7 @@ static void test_roundtrip(void) {
         CHECK_STREQ(k->notify_argv[3], "");
         CHECK(k->notify_argv[4] == NULL);
         CHECK_EQ_INT(k->notify_uid, 4001);
+        CHECK_EQ_INT(k->helper_token_flags, 0x3);
         unload();
 
         CHECK_EQ_INT(store_begin(s), 0);
@@ -141,6 +143,7 @@ static void test_migration_v1(void) {
         k->notify_argv = calloc(2, sizeof(char *));
         k->notify_argv[0] = strdup("true");
         k->notify_uid = 4002;
+        k->helper_token_flags = 0x1;
         CHECK_EQ_INT(store_begin(s), 0);
         CHECK_EQ_INT(store_save_job(s, k), 0);
         CHECK_EQ_INT(store_commit(s), 0);
@@ -154,6 +157,7 @@ static void test_migration_v1(void) {
         CHECK_STREQ(loaded[0]->notify_argv[0], "true");
         CHECK(loaded[0]->notify_argv[1] == NULL);
         CHECK_EQ_INT(loaded[0]->notify_uid, 4002);
+        CHECK_EQ_INT(loaded[0]->helper_token_flags, 0x1);
         unload();
         store_free(s);
 
