@@ -230,6 +230,23 @@ int auth_check_quiet(Auth *a, sd_bus_message *msg, uid_t uid, const char *action
         return check(a, msg, uid, action, false, NULL);
 }
 
+int auth_require(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, const char *what, sd_bus_error *error) {
+        bool challenge;
+        int r = auth_check(a, msg, uid, action, &challenge);
+
+        if (r > 0 || r == -EINPROGRESS)
+                return r;
+        if (r == -EUSERS)
+                return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                        "Too many authorization checks of this caller are in flight.");
+        if (r < 0)
+                return r;
+        if (challenge && sd_bus_message_get_allow_interactive_authorization(msg) <= 0)
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
+                                         "%s needs authentication for %s.", what, action);
+        return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "%s needs %s.", what, action);
+}
+
 static int check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool interactive, bool *ret_challenge) {
         _cleanup_free_ char *key = NULL;
         const char *sender = sd_bus_message_get_sender(msg);

@@ -31,6 +31,12 @@ Auth *auth_free(Auth *a);
  * msg will be dispatched again; other negative errno on failure (-EUSERS: too many checks of
  * this caller in flight). polkit may interact with the user only if the message allows it. */
 int auth_check(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, bool *ret_challenge);
+/* For a call that cannot proceed without the authorization: 1 authorized; -EINPROGRESS parked
+ * (return without replying); otherwise a negative errno with `error` set for the reply —
+ * InteractiveAuthorizationRequired when polkit would ask and the call did not allow it,
+ * AccessDenied, or LimitsExceeded. `what` completes "… needs <action>" in the message. */
+int auth_require(Auth *a, sd_bus_message *msg, uid_t uid, const char *action, const char *what, sd_bus_error *error);
+
 /* The same, never interactive: for calls that work without the authorization too (they do less). */
 int auth_check_quiet(Auth *a, sd_bus_message *msg, uid_t uid, const char *action);
 

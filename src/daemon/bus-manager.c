@@ -81,22 +81,11 @@ static int method_list_jobs(sd_bus_message *msg, void *userdata, sd_bus_error *e
         if (r < 0)
                 return r;
         if (flags & LIST_JOBS_ALL_USERS) {
-                bool challenge;
-                r = auth_check(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB, &challenge);
+                r = auth_require(m->auth, msg, uid, AUTH_ACTION_MANAGE_ANY_JOB, "Listing the jobs of all users", error);
                 if (r == -EINPROGRESS)
-                        return 1;
-                if (r == -EUSERS)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                                                "Too many authorization checks of this caller are in flight.");
+                        return 1; /* dispatched again once polkit answered */
                 if (r < 0)
                         return r;
-                if (r == 0 && challenge && sd_bus_message_get_allow_interactive_authorization(msg) <= 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
-                                                "Listing the jobs of all users needs authentication for "
-                                                AUTH_ACTION_MANAGE_ANY_JOB ".");
-                if (r == 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_ACCESS_DENIED,
-                                                "Listing the jobs of all users needs " AUTH_ACTION_MANAGE_ANY_JOB ".");
         }
 
         r = sd_bus_message_new_method_return(msg, &reply);

@@ -1271,7 +1271,6 @@ static void take_ownership_continue(JobOp *op, int result) {
 
 int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_error *error) {
         const char *private;
-        bool challenge;
         uid_t uid;
         JobOp *op;
         int r;
@@ -1283,21 +1282,13 @@ int manager_call_take_ownership(Manager *m, Job *j, sd_bus_message *msg, sd_bus_
                 return r;
         if (uid == j->owner) /* nothing to take */
                 return sd_bus_reply_method_return(msg, NULL) < 0 ? -EIO : 0;
-        r = auth_check(m->auth, msg, uid, AUTH_ACTION_TAKE_OWNERSHIP, &challenge);
+        char what[80];
+        snprintf(what, sizeof(what), "Taking ownership of job %s", j->id);
+        r = auth_require(m->auth, msg, uid, AUTH_ACTION_TAKE_OWNERSHIP, what, error);
         if (r == -EINPROGRESS)
                 return 1; /* dispatched again once polkit answered */
-        if (r == -EUSERS)
-                return sd_bus_error_set(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                                        "Too many authorization checks of this caller are in flight.");
         if (r < 0)
                 return r;
-        if (r == 0 && challenge && sd_bus_message_get_allow_interactive_authorization(msg) <= 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_INTERACTIVE_AUTHORIZATION_REQUIRED,
-                                         "Taking ownership of job %s needs authentication for %s.", j->id,
-                                         AUTH_ACTION_TAKE_OWNERSHIP);
-        if (r == 0)
-                return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED, "Taking ownership of job %s needs %s.",
-                                         j->id, AUTH_ACTION_TAKE_OWNERSHIP);
         private = job_path_private_to(j, j->owner);
         if (private)
                 return sd_bus_error_setf(error, BITS_ERROR_NEW_OWNER_DIFF_MAPPING,
