@@ -9,15 +9,22 @@ static int check_not_final(Job *j, sd_bus_error *error) {
         return 0;
 }
 
-static int method_add_file(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_add_file);
-}
+/* Methods on a job go through the manager, which keeps calls on one job in order. */
+#define JOB_CALL(name, handler)                                                                         \
+        static int name(sd_bus_message *msg, void *userdata, sd_bus_error *error) {                     \
+                Job *j = userdata;                                                                      \
+                return manager_job_call(j->manager, j, msg, handler);                                   \
+        }
 
-static int method_add_file_set(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_add_file_set);
-}
+JOB_CALL(method_add_file, manager_call_add_file)
+JOB_CALL(method_add_file_set, manager_call_add_file_set)
+JOB_CALL(method_suspend, manager_call_suspend)
+JOB_CALL(method_resume, manager_call_resume)
+JOB_CALL(method_cancel, manager_call_cancel)
+JOB_CALL(method_complete, manager_call_complete)
+JOB_CALL(method_take_ownership, manager_call_take_ownership)
+JOB_CALL(method_set_helper_token, manager_call_set_helper_token)
+JOB_CALL(method_clear_helper_token, manager_call_clear_helper_token)
 
 static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
@@ -40,41 +47,6 @@ static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
-}
-
-static int method_suspend(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_suspend);
-}
-
-static int method_resume(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_resume);
-}
-
-static int method_cancel(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_cancel);
-}
-
-static int method_complete(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_complete);
-}
-
-static int method_take_ownership(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_take_ownership);
-}
-
-static int method_set_helper_token(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_set_helper_token);
-}
-
-static int method_clear_helper_token(sd_bus_message *msg, void *userdata, sd_bus_error *error) {
-        Job *j = userdata;
-        return manager_job_call(j->manager, j, msg, manager_call_clear_helper_token);
 }
 
 /* ---- Job properties ---- */
