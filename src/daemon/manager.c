@@ -1328,6 +1328,11 @@ static int identity_from_socket(int fd, Identity *ret) {
                 return -ENOTSOCK;
         if (domain != AF_UNIX)
                 return -EAFNOSUPPORT;
+        /* A listening socket reports its own listener as the peer: nobody had to connect. */
+        int listening = 0;
+        socklen_t ll = sizeof(listening);
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) < 0 || listening)
+                return -ENOTCONN;
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
                 return -errno;
         if (cred.pid <= 0 || cred.uid == (uid_t) -1)
