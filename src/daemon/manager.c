@@ -1221,25 +1221,44 @@ static void take_ownership_commit(JobOp *op) {
         job_op_end(op, reply, NULL);
 }
 
-/* Step 1: as the new owner, every destination directory must take new files (STEP_CHECK_DIR).
+/* Step 1: as the new owner, every destination directory must take new files (STEP_CHECK_DIR)
+ * and every existing temporary file must be writable (STEP_CHECK_TARGET).
  * Step 2: as the old owner, partial temporary files are removed (STEP_UNLINK). */
 static void take_ownership_next(JobOp *op) {
         Job *j = op->job;
 
-        for (; op->step == STEP_CHECK_DIR && op->i < j->n_files; op->i++) {
+        while (op->step != STEP_UNLINK && op->i < j->n_files) {
                 BitsFile *f = j->files[op->i];
-                if (f->completed)
+                _cleanup_free_ char *copy = NULL;
+                const char *path;
+                FileOp fop;
+
+                if (f->completed || (op->step == STEP_CHECK_TARGET && !f->temp_created)) {
+                        op->i++;
                         continue;
-                _cleanup_free_ char *copy = strdup(f->local_name);
-                if (!copy)
-                        return job_op_fail_errno(op, -ENOMEM, "Cannot check the directory");
-                int r = file_ops_submit(op->manager->file_ops, &op->new_id, FILE_OP_CHECK_DIR, dirname(copy), NULL,
-                                        on_job_op_file_done, op, &op->request);
+                }
+                if (op->step == STEP_CHECK_DIR) {
+                        copy = strdup(f->local_name);
+                        if (!copy)
+                                return job_op_fail_errno(op, -ENOMEM, "Cannot check the directory");
+                        path = dirname(copy);
+                        fop = FILE_OP_CHECK_DIR;
+                } else {
+                        path = f->temp_name;
+                        fop = FILE_OP_CHECK_TARGET;
+                }
+                int r = file_ops_submit(op->manager->file_ops, &op->new_id, fop, path, NULL, on_job_op_file_done, op,
+                                        &op->request);
                 if (r < 0)
                         return job_op_fail_errno(op, r, "Cannot start file work as the new owner");
                 return;
         }
         if (op->step == STEP_CHECK_DIR) {
+                op->step = STEP_CHECK_TARGET;
+                op->i = 0;
+                return take_ownership_next(op);
+        }
+        if (op->step == STEP_CHECK_TARGET) {
                 op->step = STEP_UNLINK;
                 op->i = 0;
         }
@@ -1262,6 +1281,10 @@ static void take_ownership_continue(JobOp *op, int result) {
                                     "uid %u cannot create files in '%s': %s.", (unsigned) op->new_id.uid,
                                     copy ? dirname(copy) : f->local_name, strerror(-result));
         }
+        if (op->step == STEP_CHECK_TARGET && result < 0 && result != -ENOENT)
+                return job_op_failf(op, BITS_ERROR_NEW_OWNER_NO_FILE_ACCESS,
+                                    "uid %u cannot write the temporary file '%s': %s.", (unsigned) op->new_id.uid,
+                                    f->temp_name, strerror(-result));
         if (op->step == STEP_UNLINK && result < 0 && result != -ENOENT)
                 log_warning_errno(result, "Job %s: cannot remove '%s' as uid %u: %m", j->id, f->temp_name,
                                   (unsigned) op->id.uid);

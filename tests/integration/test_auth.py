@@ -907,6 +907,37 @@ class TakeOwnership(AuthCase):
         self.assertEqual(sha256_file(final), digest)
         self.assertEqual(os.stat(final).st_uid, ADMIN)
 
+    def test_new_owner_without_access_to_a_temporary_file(self):
+        self.polkit_rule('50-take.rules', TAKE_RULE)
+        d = self.mkdir(os.path.join(self.h.root, 'shared-' + self.n), ALICE, 0o777)
+        alice, _, path, _ = self.alice_job(d, start=True)
+        self.assertEqual(alice.wait_job_state(path, ('transferred', 'error'), timeout=30), 'transferred')
+        temp = alice.get(path + '/file/0', harness.FILE_IFACE, 'TemporaryName')
+        self.assertEqual(os.stat(temp).st_mode & 0o777, 0o644)  # alice's: admin may not write it
+        admin = self.fresh(ADMIN)
+        e = self.assertBusError(ERR + 'NewOwnerNoFileAccess', admin.job, path, 'TakeOwnership')
+        self.assertIn(temp, e.message)
+        self.assertEqual(alice.job_prop(path, 'Owner'), ALICE)
+        self.assertTrue(os.path.exists(temp))
+        alice.job(path, 'Cancel')
+
+    def test_take_ownership_removes_the_notify_command_line(self):
+        self.polkit_rule('50-take.rules', TAKE_RULE)
+        d = self.mkdir(os.path.join(self.h.root, 'shared-' + self.n), ALICE, 0o777)
+        alice, _, path, _ = self.alice_job(d)
+        alice.job(path, 'SetNotifyCmdLine', 'sas', '/bin/true', ['true', 'from-alice'])
+        self.assertEqual(alice.job_prop(path, 'NotifyCmdLine'), ('/bin/true', ['true', 'from-alice']))
+        admin = self.fresh(ADMIN)
+        admin.job(path, 'TakeOwnership')
+        self.assertEqual(admin.job_prop(path, 'NotifyCmdLine'), ('', []))
+        # ...and it stays removed across a restart (the change was recorded).
+        self.h.stop_bitsd()
+        self.h.start_bitsd()
+        admin = self.fresh(ADMIN)
+        self.assertEqual(admin.job_prop(path, 'NotifyCmdLine'), ('', []))
+        self.assertEqual(admin.job_prop(path, 'Owner'), ADMIN)
+        admin.job(path, 'Cancel')
+
     def test_new_owner_without_access_to_the_destination(self):
         self.polkit_rule('50-take.rules', TAKE_RULE)
         d = self.userdir(ALICE)  # inside alice's 0700 home: admin cannot create files there
