@@ -9,6 +9,7 @@ runs as the user who set it, with a clean environment, when nobody subscribed.
 """
 
 import os
+import signal
 import pwd
 import subprocess
 import time
@@ -245,6 +246,36 @@ class Subscribe(NotifyCase):
         self.assertIn('org.freedesktop.bits1', out)  # the monitor was listening
         self.assertNotIn(hexid, out)
         self.assertNotIn('Transferred', out)
+
+
+class StuckClient(NotifyCase):
+
+    def test_subscriber_that_never_reads_stalls_nothing(self):
+        """A subscriber that stops reading (SIGSTOP) during a transfer with Modification every
+        10 ms: other users are served at once, the job finishes, and the subscriber still gets
+        Transferred when it reads again."""
+        stuck = self.h.client(ALICE)
+        self.addCleanup(stuck.close)
+        bob = self.h.client(BOB)
+        self.addCleanup(bob.close)
+        path = self.make_job(remote=self.h.fault_url('slow.bin', rate=300 * KiB),
+                             MinimumNotificationIntervalMsec=10, NotifyFlags=0x1 | 0x8)
+        stuck.job(path, 'Subscribe')
+        os.kill(stuck.pid, signal.SIGSTOP)
+        try:
+            self.alice.job(path, 'Resume')
+            worst = 0.0
+            while self.alice.job_prop(path, 'State') not in ('transferred', 'error'):
+                began = time.monotonic()
+                bob.manager('ListJobs', 't', 0)
+                worst = max(worst, time.monotonic() - began)
+                self.assertLess(time.monotonic() - began, 5)
+            self.assertEqual(self.alice.job_prop(path, 'State'), 'transferred')
+            self.assertLess(worst, 1.0, 'bob waited %.2f s while alice\'s subscriber was stuck' % worst)
+        finally:
+            os.kill(stuck.pid, signal.SIGCONT)
+        got = stuck.wait_signal('Transferred', path=path, timeout=20)
+        self.assertEqual(got['member'], 'Transferred')
 
 
 class Watch(NotifyCase):
