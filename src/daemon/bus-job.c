@@ -51,13 +51,14 @@ static int method_list_files(sd_bus_message *msg, void *userdata, sd_bus_error *
 
 /* ---- Job properties ---- */
 
-#define JOB_GETTER(name, sig, expr)                                                                     \
-        static int property_get_##name(sd_bus *bus, const char *path, const char *interface,           \
-                                       const char *property, sd_bus_message *reply, void *userdata,     \
-                                       sd_bus_error *error) {                                           \
-                Job *j = userdata;                                                                      \
+/* A property getter: `var` of `type` (the object's userdata) yields `expr` of D-Bus type `sig`. */
+#define DEFINE_GETTER(fname, type, var, sig, expr)                                                      \
+        static int fname(sd_bus *bus, const char *path, const char *interface, const char *property,   \
+                         sd_bus_message *reply, void *userdata, sd_bus_error *error) {                  \
+                type *var = userdata;                                                                   \
                 return sd_bus_message_append(reply, sig, expr);                                        \
         }
+#define JOB_GETTER(name, sig, expr) DEFINE_GETTER(property_get_##name, Job, j, sig, expr)
 
 JOB_GETTER(id, "s", j->id)
 JOB_GETTER(type, "s", job_type_to_string(j->type))
@@ -260,13 +261,7 @@ const sd_bus_vtable job_vtable[] = {
 
 /* ---- File ---- */
 
-#define FILE_GETTER(name, sig, expr)                                                                    \
-        static int property_get_file_##name(sd_bus *bus, const char *path, const char *interface,      \
-                                            const char *property, sd_bus_message *reply, void *userdata, \
-                                            sd_bus_error *error) {                                      \
-                BitsFile *f = userdata;                                                                 \
-                return sd_bus_message_append(reply, sig, expr);                                        \
-        }
+#define FILE_GETTER(name, sig, expr) DEFINE_GETTER(property_get_file_##name, BitsFile, f, sig, expr)
 
 FILE_GETTER(remote_name, "s", f->remote_name)
 FILE_GETTER(local_name, "s", f->local_name)
