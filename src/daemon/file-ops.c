@@ -276,19 +276,28 @@ static int do_create(const char *path) {
         return fd < 0 ? -errno : fd;
 }
 
+
+/* Opens path with flags (plus CLOEXEC, NOCTTY, and O_NONBLOCK until we know what it is: opening a
+ * device or FIFO must not hang) and refuses anything but a regular file (-EINVAL). */
+static int open_regular(const char *path, int flags, struct stat *ret_st) {
+        _cleanup_close_ int fd = open(path, flags | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+        if (fstat(fd, ret_st) < 0)
+                return -errno;
+        if (!S_ISREG(ret_st->st_mode))
+                return -EINVAL;
+        return TAKE_FD(fd);
+}
+
 static int do_open_write(const char *path) {
         _cleanup_close_ int fd = -EBADF;
         struct stat st;
         int r;
 
-        /* O_NONBLOCK until we know it is a regular file: opening a device or FIFO must not hang. */
-        fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        fd = open_regular(path, O_RDWR | O_NOFOLLOW, &st);
         if (fd < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
+                return fd;
         if (st.st_uid != getuid())
                 return -EPERM;
         /* A second name may be in a place the user could not write to themselves. */
@@ -305,13 +314,9 @@ static int do_open_read(const char *path) {
         struct stat st;
         int r;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        fd = open_regular(path, O_RDONLY, &st);
         if (fd < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISREG(st.st_mode))
-                return -EINVAL;
+                return fd;
         r = fd_clear_nonblock(fd);
         if (r < 0)
                 return r;
