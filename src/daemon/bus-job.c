@@ -128,11 +128,10 @@ static int property_set_string(sd_bus *bus, const char *path, const char *interf
                 return -ENOMEM;
         char *old = *field;
         *field = copy;
-        r = manager_job_save(j->manager, j);
+        r = job_commit_or_revert(j, error, field, &old, sizeof(old));
         if (r < 0) {
-                *field = old;
                 free(copy);
-                return bus_error_set_errnof(error, -r, "Cannot record the change.");
+                return r;
         }
         free(old);
         return 0;
