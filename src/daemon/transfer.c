@@ -5,10 +5,10 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "file-sink.h"
 #include "log.h"
 #include "transfer.h"
 
-#define WRITE_BUFFER_SIZE (1024U * 1024U)  /* merge curl's small writes into 1 MiB write()s */
 #define CURL_BUFFER_SIZE (512L * 1024L)
 #define COPY_CHUNK (8U * 1024U * 1024U)    /* file:// bytes copied per loop iteration */
 #define RESTARTS_MAX 3U
@@ -33,10 +33,10 @@ struct Transfer {
         Identity id;          /* for the temporary file */
         Identity source_id;   /* for a file:// or path source */
         int fd;
-        uint64_t written;       /* bytes in the temporary file */
-        char *buf;
-        size_t buf_len;
-        usec_t last_checkpoint; /* CLOCK_MONOTONIC */
+        uint64_t written;       /* bytes received into the temporary file (not all durable yet) */
+        FileSink *sink;         /* HTTP: where received bytes go */
+        bool paused;            /* HTTP: curl paused until the sink has room */
+        usec_t last_checkpoint; /* CLOCK_MONOTONIC, when the last checkpoint was asked for */
         sd_event_source *checkpoint_timer;
         bool connected;
         int local_error;        /* errno of a failed write or sync */
@@ -89,103 +89,114 @@ static int write_all_at(int fd, const char *p, size_t n, uint64_t offset) {
         return 0;
 }
 
-static int write_through(Transfer *t, const char *data, size_t n);
-
-static int transfer_flush(Transfer *t) {
-        int r;
-        if (t->buf_len == 0)
-                return 0;
-        r = write_through(t, t->buf, t->buf_len);
-        if (r < 0)
-                return r;
-        t->buf_len = 0;
-        return 0;
+static void transfer_record_checkpoint(Transfer *t, uint64_t durable) {
+        t->file->bytes_checkpoint = durable;
+        t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
 }
 
-/* Make everything received durable, then hand the count up to be recorded. */
-static int transfer_checkpoint(Transfer *t) {
-        int r = transfer_flush(t);
-        if (r < 0)
-                return r;
+/* Everything received becomes durable now (waiting for it), then the count is recorded. */
+static int transfer_make_durable(Transfer *t) {
+        if (t->sink) {
+                int64_t d = file_sink_finish(t->sink);
+                if (d < 0)
+                        return (int) d;
+                if ((uint64_t) d != t->file->bytes_checkpoint)
+                        transfer_record_checkpoint(t, (uint64_t) d);
+                return 0;
+        }
         if (t->written == t->file->bytes_checkpoint)
                 return 0;
         if (fdatasync(t->fd) < 0)
                 return -errno;
-        t->file->bytes_checkpoint = t->written;
-        t->last_checkpoint = now(CLOCK_MONOTONIC);
-        t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
+        transfer_record_checkpoint(t, t->written);
         return 0;
+}
+
+/* A checkpoint without waiting: HTTP data is synced by the sink's writer, whose durable()
+ * records it; a file:// copy (already written by the kernel) is synced right here. partial:
+ * also the bytes that do not fill a whole buffer yet. */
+static int transfer_checkpoint(Transfer *t, bool partial) {
+        t->last_checkpoint = now(CLOCK_MONOTONIC);
+        if (t->sink)
+                return file_sink_checkpoint(t->sink, partial);
+        return transfer_make_durable(t);
+}
+
+static bool checkpoint_bytes_due(Transfer *t) {
+        return t->written - t->file->bytes_checkpoint >= t->engine->config->checkpoint_bytes;
 }
 
 static bool checkpoint_due(Transfer *t) {
         const Config *c = t->engine->config;
-        return t->written - t->file->bytes_checkpoint >= c->checkpoint_bytes ||
+        return checkpoint_bytes_due(t) ||
                now(CLOCK_MONOTONIC) - t->last_checkpoint >= (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC;
 }
 
-/* Writes at the end of what is on disk and starts writeback right away, so the checkpoint's
- * fdatasync() finds little left to do. */
-static int write_through(Transfer *t, const char *data, size_t n) {
-        int r = write_all_at(t->fd, data, n, t->written);
-        if (r < 0)
-                return r;
-        (void) sync_file_range(t->fd, (off_t) t->written, (off_t) n, SYNC_FILE_RANGE_WRITE);
-        t->written += n;
-        return 0;
+/* The bytes-based checkpoint of a stream: whole buffers only, unless a checkpoint is wanted more
+ * often than a buffer fills. */
+static int transfer_stream_checkpoint(Transfer *t) {
+        if (!checkpoint_bytes_due(t) || file_sink_checkpoint_pending(t->sink))
+                return 0;
+        return transfer_checkpoint(t, t->engine->config->checkpoint_bytes < FILE_SINK_BUFFER_SIZE);
 }
 
-static int transfer_append(Transfer *t, const char *data, size_t n) {
-        uint64_t before = t->written;
+static void on_sink_writable(FileSink *s, void *userdata) {
+        Transfer *t = userdata;
+        if (t->paused && t->easy) {
+                t->paused = false;
+                (void) curl_easy_pause(t->easy, CURLPAUSE_CONT); /* may call on_write() right away */
+        }
+}
+
+static void on_sink_durable(FileSink *s, uint64_t offset, void *userdata) {
+        Transfer *t = userdata;
         int r;
 
-        if (t->buf_len + n > WRITE_BUFFER_SIZE) {
-                r = transfer_flush(t);
-                if (r < 0)
-                        return r;
-        }
-        if (t->buf_len == 0 && n >= WRITE_BUFFER_SIZE / 4) {
-                /* A large chunk goes straight to the file: copying it into the buffer gains nothing. */
-                r = write_through(t, data, n);
-                if (r < 0)
-                        return r;
-        } else {
-                memcpy(t->buf + t->buf_len, data, n);
-                t->buf_len += n;
-        }
-        t->file->bytes_transferred = t->written + t->buf_len;
-        t->engine->cb.progress(t, t->job, t->engine->userdata);
+        transfer_record_checkpoint(t, offset);
+        r = transfer_stream_checkpoint(t);
+        if (r < 0 && t->local_error == 0)
+                t->local_error = -r;
+}
 
-        if (t->written != before && checkpoint_due(t))
-                return transfer_checkpoint(t);
-        return 0;
+static void on_sink_failed(FileSink *s, int error, void *userdata) {
+        Transfer *t = userdata;
+        if (t->local_error == 0)
+                t->local_error = error; /* on_write() refuses the next bytes: curl ends the transfer */
+        on_sink_writable(s, t);
 }
 
 /* Throw away what we have and start the file from byte 0. The store learns about it right away,
  * before any new byte lands, so a crash can never splice old and new content. */
 static int transfer_reset_to_zero(Transfer *t) {
-        t->buf_len = 0;
+        if (t->sink)
+                file_sink_rewind(t->sink, 0);
         if (ftruncate(t->fd, 0) < 0)
                 return -errno;
         t->written = 0;
         t->file->bytes_transferred = 0;
         t->file->bytes_total = BYTES_UNKNOWN;
-        if (t->file->bytes_checkpoint != 0) {
-                t->file->bytes_checkpoint = 0;
-                t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
-        }
+        if (t->file->bytes_checkpoint != 0)
+                transfer_record_checkpoint(t, 0);
         return 0;
 }
 
+/* Every CheckpointIntervalMSec at least: what a slow stream received is made durable too. */
 static int on_checkpoint_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Transfer *t = userdata;
-        const Config *c = t->engine->config;
+        usec_t interval = (usec_t) t->engine->config->checkpoint_interval_msec * USEC_PER_MSEC;
+        usec_t due = t->last_checkpoint + interval, n = now(CLOCK_MONOTONIC);
 
-        if (t->written + t->buf_len > t->file->bytes_checkpoint) {
-                int r = transfer_checkpoint(t);
+        if (due > n) {
+                /* A checkpoint was asked for meanwhile: count from that one. */
+                (void) sd_event_source_set_time(s, due);
+                return 0;
+        }
+        if (t->written > t->file->bytes_checkpoint) {
+                int r = transfer_checkpoint(t, true);
                 if (r < 0 && t->local_error == 0)
                         t->local_error = -r; /* reported when the transfer ends */
         }
-        (void) sd_event_source_set_time_relative(s, (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC);
+        (void) sd_event_source_set_time(s, n + interval);
         return 0;
 }
 
@@ -391,11 +402,22 @@ static size_t on_write(char *data, size_t size, size_t n, void *userdata) {
                 return n; /* an error page: not ours to keep */
         if (t->restart || t->local_error != 0)
                 return 0; /* abort: curl reports CURLE_WRITE_ERROR */
-        if (t->file->bytes_total != BYTES_UNKNOWN && t->written + t->buf_len + n > t->file->bytes_total) {
+        if (t->file->bytes_total != BYTES_UNKNOWN && t->written + n > t->file->bytes_total) {
                 t->restart = true; /* more than the server announced */
                 return 0;
         }
-        r = transfer_append(t, data, n);
+        r = file_sink_append(t->sink, data, n);
+        if (r == -EAGAIN) {
+                /* Every buffer is on its way to the disk: curl keeps these bytes until writable(). */
+                t->paused = true;
+                return CURL_WRITEFUNC_PAUSE;
+        }
+        if (r >= 0) {
+                t->written = file_sink_offset(t->sink);
+                t->file->bytes_transferred = t->written;
+                t->engine->cb.progress(t, t->job, t->engine->userdata);
+                r = transfer_stream_checkpoint(t);
+        }
         if (r < 0) {
                 t->local_error = -r;
                 return 0;
@@ -472,7 +494,7 @@ static void transfer_finish(Transfer *t, TransferOutcome o, uint32_t retry_after
 
 /* The file is complete: durable, dated like the remote file, and recorded. */
 static TransferOutcome transfer_complete_file(Transfer *t, time_t mtime) {
-        int r = transfer_flush(t);
+        int r = transfer_make_durable(t);
         if (r < 0)
                 return fail_local(t, -r, "write");
         if (t->file->bytes_total == BYTES_UNKNOWN)
@@ -481,17 +503,13 @@ static TransferOutcome transfer_complete_file(Transfer *t, time_t mtime) {
                 (void) job_set_error(t->job, ERROR_CONTEXT_TRANSPORT, "curl:PARTIAL_FILE", remote_protocol(t->file->remote_name),
                                      (int) t->file->index, "Connection closed after %" PRIu64 " of %" PRIu64 " bytes of '%s'",
                                      t->written, t->file->bytes_total, t->file->remote_name);
-                (void) transfer_checkpoint(t);
                 return TRANSFER_TRANSIENT;
         }
         if (mtime > 0) {
                 struct timespec ts[2] = { { .tv_sec = mtime }, { .tv_sec = mtime } };
                 (void) futimens(t->fd, ts);
         }
-        r = transfer_checkpoint(t);
-        if (r < 0)
-                return fail_local(t, -r, "sync");
-        /* A zero-length file has nothing to checkpoint, but it is done: record that too. */
+        /* Recorded as complete, a zero-length file too. */
         t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
         return TRANSFER_DONE;
 }
@@ -529,7 +547,7 @@ static void http_done(Transfer *t, CURLcode result) {
         }
 
         /* Whatever we received is still good: keep it. */
-        (void) transfer_checkpoint(t);
+        (void) transfer_make_durable(t);
 
         if (result == CURLE_OK) {
                 char code[16];
@@ -674,7 +692,7 @@ static int on_copy(sd_event_source *s, void *userdata) {
         t->file->bytes_transferred = t->written;
         t->engine->cb.progress(t, t->job, t->engine->userdata);
         if (checkpoint_due(t)) {
-                int r = transfer_checkpoint(t);
+                int r = transfer_checkpoint(t, true);
                 if (r < 0) {
                         (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
                         transfer_finish(t, fail_local(t, -r, "sync"), 0);
@@ -779,6 +797,14 @@ static int temp_ready(Transfer *t) {
                 return file_ops_submit(e->ops, &t->source_id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t,
                                        &t->request);
         }
+        static const FileSinkCallbacks sink_callbacks = {
+                .writable = on_sink_writable,
+                .durable = on_sink_durable,
+                .failed = on_sink_failed,
+        };
+        r = file_sink_new(e->event, t->fd, t->written, &sink_callbacks, t, &t->sink);
+        if (r < 0)
+                return r;
         t->url = strdup(f->remote_name);
         if (!t->url)
                 return -ENOMEM;
@@ -830,11 +856,6 @@ int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, c
                 .last_checkpoint = now(CLOCK_MONOTONIC),
                 .opening = f->bytes_checkpoint > 0 ? FILE_OP_OPEN_WRITE : FILE_OP_CREATE,
         };
-        t->buf = malloc(WRITE_BUFFER_SIZE);
-        if (!t->buf) {
-                transfer_free(t);
-                return -ENOMEM;
-        }
 
         /* Everything that touches the file system happens in the owner's worker, answered later. */
         r = file_ops_submit(e->ops, &t->id, t->opening, f->temp_name, NULL, on_temp_opened, t, &t->request);
@@ -856,14 +877,18 @@ Transfer *transfer_free(Transfer *t) {
         t->copy_source = sd_event_source_disable_unref(t->copy_source);
         t->checkpoint_timer = sd_event_source_disable_unref(t->checkpoint_timer);
         if (t->fd >= 0) {
-                /* Keep every byte received: flush and make it durable. */
-                if (transfer_flush(t) >= 0 && t->written != t->file->bytes_checkpoint && fdatasync(t->fd) >= 0)
+                /* Keep every byte received: write it out and make it durable (the caller records it). */
+                if (t->sink) {
+                        int64_t d = file_sink_finish(t->sink);
+                        if (d >= 0)
+                                t->file->bytes_checkpoint = (uint64_t) d;
+                } else if (t->written != t->file->bytes_checkpoint && fdatasync(t->fd) >= 0)
                         t->file->bytes_checkpoint = t->written;
                 t->file->bytes_transferred = t->file->bytes_checkpoint;
         }
+        t->sink = file_sink_free(t->sink);
         safe_close(t->fd);
         safe_close(t->src_fd);
-        free(t->buf);
         free(t->url);
         free(t->etag);
         free(t->last_modified);

@@ -4,10 +4,11 @@
 /* The transfer engine: fetches one file of a job at a time into its temporary file.
  *
  * HTTP(S) runs on curl's multi socket interface driven by sd-event, so any number of transfers
- * costs no threads. Received data is merged into large writes; a checkpoint (whenever
- * CheckpointBytes or CheckpointIntervalMSec passed) makes the data durable with fdatasync()
- * before the byte count is handed up to be recorded, so recorded progress is never ahead of the
- * disk. Resuming uses Range with If-Range; a changed remote file restarts from 0.
+ * costs no threads. Received data goes to a file sink (file-sink.h), which writes it in large,
+ * direct writes on its own writer thread while the loop keeps receiving; when the sink is full,
+ * curl is paused. A checkpoint (whenever CheckpointBytes or CheckpointIntervalMSec passed) makes
+ * the data durable with fdatasync() before the byte count is handed up to be recorded, so
+ * recorded progress is never ahead of the disk. Resuming uses Range with If-Range; a changed remote file restarts from 0.
  * file:// and path sources are opened as the job owner and copied in bounded chunks from an
  * event source, so a large local copy never blocks the loop. */
 
