@@ -15,7 +15,8 @@
  * size in use). Buffers end on FILE_SINK_BUFFER_SIZE boundaries of the file, so once the stream
  * is aligned it stays aligned. */
 #define DIRECT_ALIGN 4096U
-#define OPS_MAX (FILE_SINK_BUFFERS + 1U) /* every buffer queued, plus one sync */
+/* Every buffer queued, the sync of a checkpoint and the final sync of file_sink_finish(). */
+#define OPS_MAX (FILE_SINK_BUFFERS + 2U)
 #define WRITER_STACK_SIZE (512U * 1024U)
 
 typedef enum SinkOpKind {
@@ -64,6 +65,7 @@ struct FileSink {
         bool buf_busy[FILE_SINK_BUFFERS]; /* queued or being written */
         bool executing;               /* the op at op_head is being carried out */
         bool quit;
+        bool held;                    /* tests: the writer takes no new op */
         bool thread_running;
         pthread_t thread;
         uint64_t w_durable;
@@ -130,7 +132,7 @@ static void *writer_main(void *userdata) {
 
         pthread_mutex_lock(&s->lock);
         for (;;) {
-                while (s->op_count == 0 && !s->quit)
+                while ((s->op_count == 0 || s->held) && !s->quit)
                         pthread_cond_wait(&s->work, &s->lock);
                 if (s->op_count == 0)
                         break;
@@ -191,6 +193,7 @@ static int sink_queue(FileSink *s, SinkOp op) {
         if (r < 0)
                 return r;
         pthread_mutex_lock(&s->lock);
+        assert(s->op_count < OPS_MAX);
         s->ops[(s->op_head + s->op_count) % OPS_MAX] = op;
         s->op_count++;
         if (op.kind == SINK_OP_WRITE)
@@ -499,4 +502,11 @@ bool file_sink_used_direct_io(const FileSink *s) {
 
 bool file_sink_thread_running(const FileSink *s) {
         return s->thread_running;
+}
+
+void file_sink_hold_writer(FileSink *s, bool hold) {
+        pthread_mutex_lock(&s->lock);
+        s->held = hold;
+        pthread_cond_signal(&s->work);
+        pthread_mutex_unlock(&s->lock);
 }

@@ -71,6 +71,8 @@ void file_sink_rewind(FileSink *s, uint64_t offset);
 uint64_t file_sink_offset(const FileSink *s);
 uint64_t file_sink_durable(const FileSink *s);
 
-/* For tests: whether any write went to the file with O_DIRECT, and whether the thread runs. */
+/* For tests: whether any write went to the file with O_DIRECT, whether the thread runs, and
+ * holding the writer (it starts no new write or sync until released). */
 bool file_sink_used_direct_io(const FileSink *s);
 bool file_sink_thread_running(const FileSink *s);
+void file_sink_hold_writer(FileSink *s, bool hold);
