@@ -477,34 +477,44 @@ static void test_lifecycle(const Identity *nobody, const Identity *root, const c
 }
 
 /* The daemon dies without cleaning up: its workers must die with it (PR_SET_PDEATHSIG, which the
- * switch to the user's UID would have cleared had it been set only before). */
+ * switch to the user's UID would have cleared had it been set only before), even a worker that
+ * cannot notice on its own (here: stopped, as if hung in a file system, so it never reads the
+ * end of its socket). */
 static void test_parent_death(const Identity *nobody) {
-        int pfd[2], status;
+        int pfd[2], gofd[2], status;
         pid_t child, worker = 0;
+        char go = 0;
 
         SETUP(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0));
         SETUP(pipe2(pfd, O_CLOEXEC));
+        SETUP(pipe2(gofd, O_CLOEXEC));
         child = fork();
         SETUP(child);
         if (child == 0) {
                 FileOps *f = NULL;
                 pid_t p;
+                char c;
 
                 if (file_ops_new(&f, 0, 0, 0) < 0 || file_ops_check_dir(f, nobody, "/") != -EACCES)
                         _exit(EXIT_FAILURE);
                 p = file_ops_worker_pid(f, nobody);
-                if (write(pfd[1], &p, sizeof(p)) != sizeof(p))
+                if (write(pfd[1], &p, sizeof(p)) != sizeof(p) || read(gofd[0], &c, 1) != 1)
                         _exit(EXIT_FAILURE);
                 _exit(EXIT_SUCCESS); /* no file_ops_free(): a crash */
         }
         safe_close(pfd[1]);
+        safe_close(gofd[0]);
         CHECK(read(pfd[0], &worker, sizeof(worker)) == sizeof(worker));
         safe_close(pfd[0]);
+        CHECK(worker > 0);
+        if (worker > 0)
+                SETUP(kill(worker, SIGSTOP));
+        CHECK(write(gofd[1], &go, 1) == 1);
+        safe_close(gofd[1]);
         SETUP(waitpid(child, &status, 0));
         CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        CHECK(worker > 0);
 
-        /* Orphaned, it is now our child (subreaper). */
+        /* Orphaned, it is now our child (subreaper), and killed by its parent's death. */
         CHECK_RET(wait_exit(worker, 5000), 0);
         SETUP(waitpid(worker, &status, 0));
         CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
