@@ -479,6 +479,7 @@ static int http_setup(Transfer *t) {
 }
 
 static void http_teardown(Transfer *t) {
+        t->paused = false;
         if (t->easy) {
                 curl_multi_remove_handle(t->engine->multi, t->easy);
                 curl_easy_cleanup(t->easy);

@@ -10,6 +10,7 @@ and §9 (which HTTP statuses are fatal), and the Error property of dbus-api.md.
 
 import os
 import socket
+import subprocess
 import time
 
 import harness
@@ -218,6 +219,33 @@ class FileSources(ErrorsBase):
         self.assertEqual(self.complete_and_hash(path, 'pub.bin'), digest)
         st = os.stat(self.local('pub.bin'))
         self.assertEqual(st.st_uid, ALICE)
+
+
+class LocalFileErrors(ErrorsBase):
+
+    def test_disk_full_is_transient_and_resume_continues(self):
+        """The destination's file system fills up mid-download (a 3 MiB tmpfs of alice's): the
+        job goes to transient-error naming ENOSPC, counts no byte that is not on disk, and after
+        space was made, Resume finishes the file with the right content."""
+        size = 12 * MiB
+        digest = self.h.make_file('nginx', 'full.bin', size, seed=21)
+        d = self.local('small-fs')
+        os.makedirs(d)
+        subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m,mode=0700,uid=%d' % ALICE,
+                        'bits-test-full', d], check=True)
+        self.addCleanup(subprocess.run, ['umount', '-l', d])
+        path = self.start_job(self.h.nginx_url('full.bin'), 'small-fs/full.bin')
+        self.assertEqual(self.wait_state(path, ['error', 'transient-error', 'transferred']),
+                         'transient-error')
+        self.assert_error(path, 'local-file', 'errno:ENOSPC', 'http')
+        kept = self.prop(path, 'BytesTransferred')
+        self.assertLessEqual(kept, 3 * MiB)
+
+        subprocess.run(['mount', '-o', 'remount,size=32m', d], check=True)
+        self.alice.job(path, 'Resume')
+        self.wait_state(path, 'transferred', timeout=60)
+        self.assertEqual(self.prop(path, 'BytesTransferred'), size)
+        self.assertEqual(self.complete_and_hash(path, 'small-fs/full.bin'), digest)
 
 
 class TransientErrors(ErrorsBase):
