@@ -109,6 +109,25 @@ static bool stream(sd_event *e, FileSink *s, Watch *w, const char *data, size_t 
         return true;
 }
 
+/* The end of every stream: finish (all n bytes durable), free, and the file holds exactly data. */
+static void finish_and_compare(FileSink *s, int fd, const char *path, const char *data, size_t n) {
+        CHECK_EQ_INT(file_sink_finish(s), n);
+        file_sink_free(s);
+        /* The fd is back to normal I/O for whoever uses it next. */
+        CHECK((fcntl(fd, F_GETFL) & O_DIRECT) == 0);
+        close(fd);
+        CHECK(file_equals(path, data, n));
+        unlink(path);
+}
+
+/* An empty file DIR/NAME to stream into; its path in path. */
+static int create_file(const char *dir, const char *name, char path[static 4096]) {
+        snprintf(path, 4096, "%s/%s", dir, name);
+        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        CHECK(fd >= 0);
+        return fd;
+}
+
 static bool direct_io_supported(const char *dir) {
         char path[4096];
         snprintf(path, sizeof(path), "%s/probe", dir);
@@ -127,9 +146,7 @@ static void test_big_stream(sd_event *e, const char *dir) {
         unsigned pushbacks = 0;
         FileSink *s = NULL;
 
-        snprintf(path, sizeof(path), "%s/big", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        CHECK(fd >= 0);
+        int fd = create_file(dir, "big", path);
         CHECK_EQ_INT(file_sink_new(e, fd, 0, &callbacks, &w, &s), 0);
 
         CHECK(stream(e, s, &w, data, 0, n, &pushbacks));
@@ -164,18 +181,13 @@ static void test_small_file_no_thread(sd_event *e, const char *dir) {
         Watch w = {};
         FileSink *s = NULL;
 
-        snprintf(path, sizeof(path), "%s/small", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "small", path);
         CHECK_EQ_INT(file_sink_new(e, fd, 0, &callbacks, &w, &s), 0);
         CHECK_EQ_INT(file_sink_append(s, data, 16000), 0);
         CHECK_EQ_INT(file_sink_finish(s), 16000);
         CHECK(!file_sink_thread_running(s));
         /* Nothing new: finishing again changes nothing. */
-        CHECK_EQ_INT(file_sink_finish(s), 16000);
-        s = file_sink_free(s);
-        close(fd);
-        CHECK(file_equals(path, data, 16000));
-        unlink(path);
+        finish_and_compare(s, fd, path, data, 16000);
 }
 
 /* Continuing after an unaligned checkpoint: the first buffer only reaches the next boundary,
@@ -188,17 +200,12 @@ static void test_continue_unaligned(sd_event *e, const char *dir) {
         unsigned pushbacks = 0;
         FileSink *s = NULL;
 
-        snprintf(path, sizeof(path), "%s/cont", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "cont", path);
         CHECK_EQ_INT(pwrite(fd, data, keep, 0), (ssize_t) keep);
         CHECK_EQ_INT(file_sink_new(e, fd, keep, &callbacks, &w, &s), 0);
         CHECK_EQ_INT(file_sink_offset(s), keep);
         CHECK(stream(e, s, &w, data, keep, n, &pushbacks));
-        CHECK_EQ_INT(file_sink_finish(s), n);
-        s = file_sink_free(s);
-        close(fd);
-        CHECK(file_equals(path, data, n));
-        unlink(path);
+        finish_and_compare(s, fd, path, data, n);
 }
 
 /* A slow stream: a partial checkpoint makes the bytes of an unfilled buffer durable. */
@@ -208,8 +215,7 @@ static void test_partial_checkpoint(sd_event *e, const char *dir) {
         Watch w = {};
         FileSink *s = NULL;
 
-        snprintf(path, sizeof(path), "%s/partial", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "partial", path);
         CHECK_EQ_INT(file_sink_new(e, fd, 0, &callbacks, &w, &s), 0);
         CHECK_EQ_INT(file_sink_append(s, data, 100), 0);
 
@@ -226,11 +232,7 @@ static void test_partial_checkpoint(sd_event *e, const char *dir) {
 
         /* The stream goes on from the unaligned offset and realigns. */
         CHECK_EQ_INT(file_sink_append(s, data + 100, 2 * MiB - 100), 0);
-        CHECK_EQ_INT(file_sink_finish(s), 2 * MiB);
-        s = file_sink_free(s);
-        close(fd);
-        CHECK(file_equals(path, data, 2 * MiB));
-        unlink(path);
+        finish_and_compare(s, fd, path, data, 2 * MiB);
 }
 
 /* Starting over from 0 (the remote file changed): nothing of the old stream survives. */
@@ -242,8 +244,7 @@ static void test_rewind(sd_event *e, const char *dir) {
         unsigned pushbacks = 0;
         FileSink *s = NULL;
 
-        snprintf(path, sizeof(path), "%s/rewind", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "rewind", path);
         CHECK_EQ_INT(file_sink_new(e, fd, 0, &callbacks, &w, &s), 0);
         CHECK(stream(e, s, &w, old, 0, n_old, &pushbacks));
         file_sink_rewind(s, 0);
@@ -251,11 +252,7 @@ static void test_rewind(sd_event *e, const char *dir) {
         CHECK_EQ_INT(file_sink_durable(s), 0);
         CHECK_EQ_INT(ftruncate(fd, 0), 0);
         CHECK(stream(e, s, &w, new, 0, n_new, &pushbacks));
-        CHECK_EQ_INT(file_sink_finish(s), n_new);
-        s = file_sink_free(s);
-        close(fd);
-        CHECK(file_equals(path, new, n_new));
-        unlink(path);
+        finish_and_compare(s, fd, path, new, n_new);
 }
 
 /* A write that fails (here: past RLIMIT_FSIZE) is reported once, and the sink takes nothing more. */
@@ -268,8 +265,7 @@ static void test_write_failure(sd_event *e, const char *dir) {
         FileSink *s = NULL;
         int r = 0;
 
-        snprintf(path, sizeof(path), "%s/fail", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "fail", path);
         CHECK_EQ_INT(getrlimit(RLIMIT_FSIZE, &old), 0);
         small.rlim_max = old.rlim_max;
         CHECK_EQ_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
@@ -308,8 +304,7 @@ static void test_free_while_busy(sd_event *e, const char *dir) {
         Watch w = {};
         FileSink *s = NULL;
 
-        snprintf(path, sizeof(path), "%s/busy", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "busy", path);
         CHECK_EQ_INT(file_sink_new(e, fd, 0, &callbacks, &w, &s), 0);
         for (size_t at = 0; at < n; at += 512 * 1024)
                 if (file_sink_append(s, data + at, 512 * 1024) < 0)
@@ -331,8 +326,7 @@ static void test_pushback(sd_event *e, const char *dir) {
         FileSink *s = NULL;
         int r;
 
-        snprintf(path, sizeof(path), "%s/pushback", dir);
-        int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        int fd = create_file(dir, "pushback", path);
         CHECK_EQ_INT(file_sink_new(e, fd, 0, &callbacks, &w, &s), 0);
         CHECK_EQ_INT(file_sink_append(s, data, chunk), 0);
         at = chunk;
@@ -358,11 +352,7 @@ static void test_pushback(sd_event *e, const char *dir) {
         CHECK_EQ_INT(w.writable, 1);
         CHECK_EQ_INT(file_sink_append(s, data + at, chunk), 0);
         at += chunk;
-        CHECK_EQ_INT(file_sink_finish(s), at);
-        s = file_sink_free(s);
-        close(fd);
-        CHECK(file_equals(path, data, at));
-        unlink(path);
+        finish_and_compare(s, fd, path, data, at);
 }
 
 static void run_all(sd_event *e, const char *dir) {
