@@ -4,9 +4,11 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "file-sink.h"
@@ -15,21 +17,32 @@
  * size in use). Buffers end on FILE_SINK_BUFFER_SIZE boundaries of the file, so once the stream
  * is aligned it stays aligned. */
 #define DIRECT_ALIGN 4096U
-/* Every buffer queued, the sync of a checkpoint and the final sync of file_sink_finish(). */
-#define OPS_MAX (FILE_SINK_BUFFERS + 2U)
+/* Every buffer, a checkpoint's sync, the final ones, and a few truncations fit many times over. */
+#define OPS_MAX 16U
 #define WRITER_STACK_SIZE (512U * 1024U)
 
 typedef enum SinkOpKind {
+        SINK_OP_PREPARE,  /* offset: the recorded checkpoint */
         SINK_OP_WRITE,
-        SINK_OP_SYNC,
+        SINK_OP_SYNC,     /* offset: durable up to here when done */
+        SINK_OP_TRUNCATE, /* offset: the new length */
+        SINK_OP_COMPLETE, /* offset: the stream's length; sync, then date the file */
+        SINK_OP_CLOSE,
 } SinkOpKind;
 
 typedef struct SinkOp {
         SinkOpKind kind;
-        unsigned buf;    /* SINK_OP_WRITE */
-        uint64_t offset; /* SINK_OP_WRITE: where; SINK_OP_SYNC: durable up to here when done */
+        unsigned epoch;   /* writes and syncs of an older epoch (before a rewind) are dropped */
+        unsigned buf;     /* SINK_OP_WRITE */
+        uint64_t offset;
         size_t len;
+        time_t mtime;
 } SinkOp;
+
+struct FileSinkOrphan {
+        atomic_uint refs;
+        atomic_bool done;
+};
 
 struct FileSink {
         sd_event *event;
@@ -48,9 +61,14 @@ struct FileSink {
         uint64_t submitted;           /* bytes handed to the writer */
         uint64_t sync_requested;      /* the offset of the last sync asked for */
         uint64_t durable;             /* reported durable */
+        bool prepared;
+        bool completing;
         bool sync_pending;
         bool blocked;                 /* append answered -EAGAIN: call writable() */
-        int error;                    /* reported failure */
+        int error;                    /* failure seen */
+        bool error_reported;
+        bool deliver_prepared, deliver_completed;
+        int64_t prepare_result, complete_result;
 
         /* The writer's side: only the writer touches these while it runs. */
         bool direct_ok;               /* O_DIRECT not refused by the file system */
@@ -62,14 +80,21 @@ struct FileSink {
         pthread_cond_t work, idle;
         SinkOp ops[OPS_MAX];
         unsigned op_head, op_count;
+        unsigned epoch;
         bool buf_busy[FILE_SINK_BUFFERS]; /* queued or being written */
         bool executing;               /* the op at op_head is being carried out */
+        usec_t op_started;            /* CLOCK_MONOTONIC, while an op touches the file */
         bool quit;
-        bool held;                    /* tests: the writer takes no new op */
+        bool held;                    /* tests: the writer waits inside its next op */
         bool thread_running;
         pthread_t thread;
+        FileSinkOrphan *orphan;       /* set: the writer owns the sink and frees it */
         uint64_t w_durable;
+        unsigned w_durable_epoch;
         int w_error;
+        bool w_direct_used;
+        bool w_prepared, w_completed;
+        int64_t w_prepare_result, w_complete_result;
 };
 
 static int set_direct(int fd, bool on) {
@@ -87,8 +112,10 @@ static bool is_aligned(uint64_t x) {
         return x % DIRECT_ALIGN == 0;
 }
 
+/* ---- the writer ---- */
+
 /* Writes p[0..n) at off: directly when everything is aligned and the file system takes it,
- * through the page cache otherwise. Runs on the writer, or on the loop while the writer is idle. */
+ * through the page cache otherwise. */
 static int sink_write(FileSink *s, const char *p, size_t n, uint64_t off) {
         while (n > 0) {
                 bool want = s->direct_ok && is_aligned(off) && is_aligned(n) && is_aligned((uintptr_t) p);
@@ -123,45 +150,148 @@ static int sink_write(FileSink *s, const char *p, size_t n, uint64_t off) {
         return 0;
 }
 
+/* The file's bytes past the checkpoint were never proven durable: cut them off. A file shorter
+ * than the checkpoint lost data it was said to have: start it again. */
+static int64_t sink_prepare(FileSink *s, uint64_t checkpoint) {
+        struct stat st;
+        if (fstat(s->fd, &st) < 0)
+                return -errno;
+        uint64_t keep = (uint64_t) st.st_size >= checkpoint ? checkpoint : 0;
+        if ((uint64_t) st.st_size != keep && ftruncate(s->fd, (off_t) keep) < 0)
+                return -errno;
+        return (int64_t) keep;
+}
+
 static int sink_sync(FileSink *s) {
         return fdatasync(s->fd) < 0 ? -errno : 0;
 }
 
+/* Carries out one op; called without the lock. Returns its result (negative: errno). */
+static int64_t sink_execute(FileSink *s, const SinkOp *op) {
+        switch (op->kind) {
+        case SINK_OP_PREPARE:
+                return sink_prepare(s, op->offset);
+        case SINK_OP_WRITE:
+                return sink_write(s, s->buf[op->buf], op->len, op->offset);
+        case SINK_OP_SYNC:
+                return sink_sync(s);
+        case SINK_OP_TRUNCATE:
+                return ftruncate(s->fd, (off_t) op->offset) < 0 ? -errno : 0;
+        case SINK_OP_COMPLETE: {
+                int r = sink_sync(s);
+                if (r < 0)
+                        return r;
+                if (op->mtime > 0) {
+                        struct timespec ts[2] = { { .tv_sec = op->mtime }, { .tv_sec = op->mtime } };
+                        (void) futimens(s->fd, ts);
+                }
+                return (int64_t) op->offset;
+        }
+        case SINK_OP_CLOSE:
+                if (s->fd_direct)
+                        (void) set_direct(s->fd, false);
+                s->fd_direct = false;
+                if (s->fd >= 0)
+                        close(s->fd);
+                s->fd = -EBADF;
+                return 0;
+        }
+        return -EINVAL;
+}
+
+/* Records what an op did; under the lock. */
+static void sink_record(FileSink *s, const SinkOp *op, bool skipped, int64_t r) {
+        if (op->kind == SINK_OP_WRITE)
+                s->buf_busy[op->buf] = false;
+        if (op->kind == SINK_OP_PREPARE) {
+                s->w_prepared = true;
+                s->w_prepare_result = r;
+                if (r >= 0) {
+                        s->w_durable = (uint64_t) r;
+                        s->w_durable_epoch = op->epoch;
+                }
+                return;
+        }
+        if (op->kind == SINK_OP_COMPLETE) {
+                s->w_completed = true;
+                s->w_complete_result = s->w_error != 0 ? -s->w_error : r;
+                if (s->w_error == 0 && r < 0)
+                        s->w_error = (int) -r;
+                if (s->w_error == 0) {
+                        s->w_durable = (uint64_t) r;
+                        s->w_durable_epoch = op->epoch;
+                }
+                return;
+        }
+        if (skipped)
+                return;
+        if (r < 0 && s->w_error == 0)
+                s->w_error = (int) -r;
+        if (op->kind == SINK_OP_SYNC && r >= 0) {
+                s->w_durable = op->offset;
+                s->w_durable_epoch = op->epoch;
+        }
+}
+
+static void sink_release(FileSink *s) {
+        if (s->fd >= 0)
+                close(s->fd);
+        s->fd = -EBADF;
+        if (s->wake_fd >= 0)
+                close(s->wake_fd);
+        s->wake_fd = -EBADF;
+        for (unsigned i = 0; i < FILE_SINK_BUFFERS; i++)
+                s->buf[i] = mfree(s->buf[i]);
+        pthread_cond_destroy(&s->idle);
+        pthread_cond_destroy(&s->work);
+        pthread_mutex_destroy(&s->lock);
+}
+
 static void *writer_main(void *userdata) {
         FileSink *s = userdata;
+        FileSinkOrphan *orphan;
 
         pthread_mutex_lock(&s->lock);
         for (;;) {
-                while ((s->op_count == 0 || s->held) && !s->quit)
+                while (s->op_count == 0 && !s->quit)
                         pthread_cond_wait(&s->work, &s->lock);
                 if (s->op_count == 0)
                         break;
                 SinkOp op = s->ops[s->op_head];
-                bool skip = s->w_error != 0; /* after a failure nothing more is written */
+                /* Stale writes and syncs go; after a failure nothing more is written. */
+                bool skipped = ((op.kind == SINK_OP_WRITE || op.kind == SINK_OP_SYNC) && op.epoch != s->epoch) ||
+                               (s->w_error != 0 && op.kind != SINK_OP_PREPARE && op.kind != SINK_OP_CLOSE);
                 s->executing = true;
+                if (!skipped)
+                        s->op_started = now(CLOCK_MONOTONIC);
+                while (s->held && !s->quit)
+                        pthread_cond_wait(&s->work, &s->lock);
                 pthread_mutex_unlock(&s->lock);
 
-                int r = 0;
-                if (!skip)
-                        r = op.kind == SINK_OP_WRITE ? sink_write(s, s->buf[op.buf], op.len, op.offset) : sink_sync(s);
+                int64_t r = skipped ? 0 : sink_execute(s, &op);
 
                 pthread_mutex_lock(&s->lock);
                 s->executing = false;
+                s->op_started = 0;
+                s->w_direct_used = s->direct_used;
                 s->op_head = (s->op_head + 1) % OPS_MAX;
                 s->op_count--;
-                if (op.kind == SINK_OP_WRITE)
-                        s->buf_busy[op.buf] = false;
-                if (r < 0 && s->w_error == 0)
-                        s->w_error = -r;
-                if (op.kind == SINK_OP_SYNC && !skip && r >= 0)
-                        s->w_durable = op.offset;
+                sink_record(s, &op, skipped, r);
                 if (s->op_count == 0)
                         pthread_cond_broadcast(&s->idle);
-                pthread_mutex_unlock(&s->lock);
-                (void) eventfd_write(s->wake_fd, 1);
-                pthread_mutex_lock(&s->lock);
+                if (!s->orphan)
+                        (void) eventfd_write(s->wake_fd, 1);
         }
+        orphan = s->orphan;
         pthread_mutex_unlock(&s->lock);
+
+        if (orphan) {
+                /* Nobody waits for us: clean up, and say that the file is free again. */
+                sink_release(s);
+                free(s);
+                atomic_store(&orphan->done, true);
+                file_sink_orphan_unref(orphan);
+        }
         return NULL;
 }
 
@@ -193,7 +323,11 @@ static int sink_queue(FileSink *s, SinkOp op) {
         if (r < 0)
                 return r;
         pthread_mutex_lock(&s->lock);
-        assert(s->op_count < OPS_MAX);
+        if (s->op_count >= OPS_MAX) {
+                pthread_mutex_unlock(&s->lock);
+                return -EBUSY; /* the file system stopped answering long ago */
+        }
+        op.epoch = s->epoch;
         s->ops[(s->op_head + s->op_count) % OPS_MAX] = op;
         s->op_count++;
         if (op.kind == SINK_OP_WRITE)
@@ -203,12 +337,7 @@ static int sink_queue(FileSink *s, SinkOp op) {
         return 0;
 }
 
-static void sink_wait_idle(FileSink *s) {
-        pthread_mutex_lock(&s->lock);
-        while (s->op_count > 0)
-                pthread_cond_wait(&s->idle, &s->lock);
-        pthread_mutex_unlock(&s->lock);
-}
+/* ---- the loop ---- */
 
 /* Room in a buffer that starts at off: up to the next buffer-size boundary of the file. */
 static size_t buffer_room(uint64_t off) {
@@ -232,9 +361,8 @@ static int sink_submit_filling(FileSink *s) {
 static int on_wake(sd_event_source *source, int fd, uint32_t revents, void *userdata) {
         FileSink *s = userdata;
         eventfd_t v;
-        bool any_free = false;
+        bool any_free = false, durable_now;
         uint64_t durable;
-        int error;
 
         (void) eventfd_read(s->wake_fd, &v);
         pthread_mutex_lock(&s->lock);
@@ -242,31 +370,59 @@ static int on_wake(sd_event_source *source, int fd, uint32_t revents, void *user
                 if (!s->buf_busy[i] && (int) i != s->filling)
                         any_free = true;
         durable = s->w_durable;
-        error = s->w_error;
+        durable_now = s->w_durable_epoch == s->epoch;
+        if (s->w_error != 0 && s->error == 0)
+                s->error = s->w_error;
+        if (s->w_prepared) {
+                s->w_prepared = false;
+                s->deliver_prepared = true;
+                s->prepare_result = s->w_prepare_result;
+        }
+        if (s->w_completed) {
+                s->w_completed = false;
+                s->deliver_completed = true;
+                s->complete_result = s->w_complete_result;
+        }
         pthread_mutex_unlock(&s->lock);
 
-        if (s->error != 0)
-                return 0;
-        if (error != 0) {
-                s->error = error;
-                s->sync_pending = false;
-                s->cb.failed(s, error, s->userdata);
-                return 0;
-        }
-        if (s->blocked && any_free) {
+        if (s->blocked && any_free && s->error == 0) {
                 s->blocked = false;
-                s->cb.writable(s, s->userdata);
+                s->cb.writable(s, s->userdata); /* does not free */
         }
-        if (durable > s->durable) {
+
+        /* One callback that may free the sink per wake-up: if more are due, come back for them. */
+        bool fail = s->error != 0 && !s->error_reported && !s->completing;
+        bool advance = durable_now && durable > s->durable && s->error == 0 && !s->completing;
+        unsigned due = s->deliver_prepared + fail + advance + s->deliver_completed;
+        if (due > 1)
+                (void) eventfd_write(s->wake_fd, 1);
+
+        if (s->deliver_prepared) {
+                s->deliver_prepared = false;
+                if (s->prepare_result >= 0) {
+                        s->prepared = true;
+                        s->offset = s->submitted = s->sync_requested = s->durable = (uint64_t) s->prepare_result;
+                }
+                s->cb.prepared(s, s->prepare_result, s->userdata);
+        } else if (fail) {
+                s->error_reported = true;
+                s->sync_pending = false;
+                s->cb.failed(s, s->error, s->userdata);
+        } else if (advance) {
                 s->durable = durable;
                 if (durable >= s->sync_requested)
                         s->sync_pending = false;
-                s->cb.durable(s, durable, s->userdata); /* may free s: last */
+                s->cb.durable(s, durable, s->userdata);
+        } else if (s->deliver_completed) {
+                s->deliver_completed = false;
+                if (s->complete_result >= 0)
+                        s->durable = (uint64_t) s->complete_result;
+                s->cb.completed(s, s->complete_result, s->userdata);
         }
         return 0;
 }
 
-int file_sink_new(sd_event *e, int fd, uint64_t offset, const FileSinkCallbacks *cb, void *userdata, FileSink **ret) {
+int file_sink_new(sd_event *e, int fd, const FileSinkCallbacks *cb, void *userdata, FileSink **ret) {
         FileSink *s;
         int r;
 
@@ -275,22 +431,26 @@ int file_sink_new(sd_event *e, int fd, uint64_t offset, const FileSinkCallbacks 
                 return -ENOMEM;
         *s = (FileSink) {
                 .event = sd_event_ref(e), .wake_fd = -EBADF, .fd = fd, .cb = *cb, .userdata = userdata,
-                .filling = -1, .offset = offset, .submitted = offset, .sync_requested = offset, .durable = offset,
-                .w_durable = offset, .direct_ok = true,
+                .filling = -1, .direct_ok = true,
         };
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->work, NULL);
-        pthread_cond_init(&s->idle, NULL);
+        {
+                pthread_condattr_t attr;
+                pthread_condattr_init(&attr);
+                pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+                pthread_cond_init(&s->idle, &attr);
+                pthread_condattr_destroy(&attr);
+        }
 
         s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (s->wake_fd < 0) {
+        if (s->wake_fd < 0)
                 r = -errno;
-                file_sink_free(s);
-                return r;
-        }
-        r = sd_event_add_io(e, &s->wake_source, s->wake_fd, EPOLLIN, on_wake, s);
+        else
+                r = sd_event_add_io(e, &s->wake_source, s->wake_fd, EPOLLIN, on_wake, s);
         if (r < 0) {
-                file_sink_free(s);
+                s->fd = -EBADF; /* not taken over after all */
+                (void) file_sink_close(s, 0, NULL);
                 return r;
         }
         (void) sd_event_source_set_description(s->wake_source, "file-sink");
@@ -298,30 +458,8 @@ int file_sink_new(sd_event *e, int fd, uint64_t offset, const FileSinkCallbacks 
         return 0;
 }
 
-FileSink *file_sink_free(FileSink *s) {
-        if (!s)
-                return NULL;
-        if (s->thread_running) {
-                pthread_mutex_lock(&s->lock);
-                /* Drop what waits; the write under way (if any) finishes. */
-                s->op_count = s->executing ? 1 : 0;
-                s->quit = true;
-                pthread_cond_signal(&s->work);
-                pthread_mutex_unlock(&s->lock);
-                pthread_join(s->thread, NULL);
-        }
-        if (s->fd_direct)
-                (void) set_direct(s->fd, false);
-        sd_event_source_disable_unref(s->wake_source);
-        if (s->wake_fd >= 0)
-                close(s->wake_fd);
-        sd_event_unref(s->event);
-        for (unsigned i = 0; i < FILE_SINK_BUFFERS; i++)
-                free(s->buf[i]);
-        pthread_cond_destroy(&s->idle);
-        pthread_cond_destroy(&s->work);
-        pthread_mutex_destroy(&s->lock);
-        return mfree(s);
+int file_sink_prepare(FileSink *s, uint64_t checkpoint) {
+        return sink_queue(s, (SinkOp) { .kind = SINK_OP_PREPARE, .offset = checkpoint });
 }
 
 int file_sink_append(FileSink *s, const void *data, size_t n) {
@@ -333,6 +471,8 @@ int file_sink_append(FileSink *s, const void *data, size_t n) {
 
         if (s->error != 0)
                 return -s->error;
+        if (!s->prepared || s->completing)
+                return -EINVAL;
         if (n == 0)
                 return 0;
 
@@ -375,7 +515,7 @@ int file_sink_append(FileSink *s, const void *data, size_t n) {
                                 s->buf[i] = NULL;
                                 return -ENOMEM;
                         }
-                        busy[i] = true; /* taken, as far as this loop goes */
+                        busy[i] = true;
                         s->filling = (int) i;
                         s->fill_start = s->offset;
                         s->fill_len = 0;
@@ -401,7 +541,7 @@ int file_sink_checkpoint(FileSink *s, bool partial) {
 
         if (s->error != 0)
                 return -s->error;
-        if (s->sync_pending)
+        if (!s->prepared || s->completing || s->sync_pending)
                 return 0;
         if (partial) {
                 r = sink_submit_filling(s);
@@ -422,63 +562,27 @@ bool file_sink_checkpoint_pending(const FileSink *s) {
         return s->sync_pending;
 }
 
-int64_t file_sink_finish(FileSink *s) {
+int file_sink_complete(FileSink *s, time_t mtime) {
         int r;
 
         if (s->error != 0)
                 return -s->error;
-
-        if (!s->thread_running) {
-                /* Never needed the writer (a small file): write and sync right here. */
-                if (s->filling >= 0 && s->fill_len > 0) {
-                        r = sink_write(s, s->buf[s->filling], s->fill_len, s->fill_start);
-                        if (r < 0) {
-                                s->error = -r;
-                                return r;
-                        }
-                        s->submitted = s->fill_start + s->fill_len;
-                        s->filling = -1;
-                        s->fill_len = 0;
-                }
-                if (s->submitted != s->durable) {
-                        r = sink_sync(s);
-                        if (r < 0) {
-                                s->error = -r;
-                                return r;
-                        }
-                }
-                s->durable = s->w_durable = s->sync_requested = s->submitted;
-                s->sync_pending = false;
-                return (int64_t) s->durable;
-        }
-
+        if (!s->prepared || s->completing)
+                return -EINVAL;
         r = sink_submit_filling(s);
-        if (r >= 0 && s->submitted != s->sync_requested)
-                r = sink_queue(s, (SinkOp) { .kind = SINK_OP_SYNC, .offset = s->submitted });
         if (r >= 0)
-                s->sync_requested = s->submitted;
-        sink_wait_idle(s);
-
-        pthread_mutex_lock(&s->lock);
-        int error = s->w_error;
-        uint64_t durable = s->w_durable;
-        pthread_mutex_unlock(&s->lock);
-
+                r = sink_queue(s, (SinkOp) { .kind = SINK_OP_COMPLETE, .offset = s->offset, .mtime = mtime });
+        if (r < 0)
+                return r;
+        s->submitted = s->sync_requested = s->offset;
+        s->completing = true;
         s->sync_pending = false;
-        s->blocked = false;
-        if (r < 0 || error != 0) {
-                s->error = error ?: -r;
-                return -s->error;
-        }
-        s->durable = durable;
-        return (int64_t) durable;
+        return 0;
 }
 
-void file_sink_rewind(FileSink *s, uint64_t offset) {
-        if (s->thread_running)
-                sink_wait_idle(s);
+int file_sink_rewind(FileSink *s, uint64_t offset) {
         pthread_mutex_lock(&s->lock);
-        s->w_durable = MIN(s->w_durable, offset);
+        s->epoch++;
         pthread_mutex_unlock(&s->lock);
         s->filling = -1;
         s->fill_len = 0;
@@ -486,6 +590,7 @@ void file_sink_rewind(FileSink *s, uint64_t offset) {
         s->durable = s->sync_requested = MIN(s->durable, offset);
         s->sync_pending = false;
         s->blocked = false;
+        return sink_queue(s, (SinkOp) { .kind = SINK_OP_TRUNCATE, .offset = offset });
 }
 
 uint64_t file_sink_offset(const FileSink *s) {
@@ -496,8 +601,116 @@ uint64_t file_sink_durable(const FileSink *s) {
         return s->durable;
 }
 
+usec_t file_sink_stuck_usec(const FileSink *s) {
+        FileSink *m = (FileSink *) s;
+        pthread_mutex_lock(&m->lock);
+        usec_t started = m->op_started;
+        pthread_mutex_unlock(&m->lock);
+        return started == 0 ? 0 : usec_sub(now(CLOCK_MONOTONIC), started);
+}
+
+static FileSinkOrphan *orphan_new(void) {
+        FileSinkOrphan *o = calloc(1, sizeof(FileSinkOrphan));
+        if (!o)
+                return NULL;
+        atomic_init(&o->refs, 2); /* the caller's and the writer's */
+        atomic_init(&o->done, false);
+        return o;
+}
+
+bool file_sink_orphan_done(const FileSinkOrphan *o) {
+        return atomic_load(&((FileSinkOrphan *) o)->done);
+}
+
+FileSinkOrphan *file_sink_orphan_unref(FileSinkOrphan *o) {
+        if (o && atomic_fetch_sub(&o->refs, 1) == 1)
+                free(o);
+        return NULL;
+}
+
+int64_t file_sink_close(FileSink *s, usec_t timeout, FileSinkOrphan **ret_orphan) {
+        int64_t result;
+
+        if (ret_orphan)
+                *ret_orphan = NULL;
+        if (!s)
+                return 0;
+
+        /* Whatever was appended goes to disk; then the writer closes the file. */
+        if (s->error == 0 && s->prepared && !s->completing && sink_submit_filling(s) >= 0 &&
+            s->submitted != s->sync_requested &&
+            sink_queue(s, (SinkOp) { .kind = SINK_OP_SYNC, .offset = s->submitted }) >= 0)
+                s->sync_requested = s->submitted;
+        if (s->fd >= 0 && sink_queue(s, (SinkOp) { .kind = SINK_OP_CLOSE }) < 0 && s->thread_running) {
+                /* The queue is full: the writer has been stuck for long. */
+                timeout = 0;
+        }
+
+        if (s->thread_running) {
+                usec_t n = now(CLOCK_MONOTONIC), deadline = usec_add(n, timeout);
+                struct timespec ts;
+
+                pthread_mutex_lock(&s->lock);
+                if (s->op_started != 0 && usec_sub(n, s->op_started) > timeout)
+                        deadline = n; /* stuck already: do not wait for it */
+                ts = (struct timespec) {
+                        .tv_sec = (time_t) (deadline / USEC_PER_SEC),
+                        .tv_nsec = (long) (deadline % USEC_PER_SEC * NSEC_PER_USEC),
+                };
+                while (s->op_count > 0 && now(CLOCK_MONOTONIC) < deadline)
+                        if (pthread_cond_timedwait(&s->idle, &s->lock, &ts) == ETIMEDOUT)
+                                break;
+                if (s->op_count > 0) {
+                        /* Leave the sink to its writer: it drops what waits and goes when the
+                         * operation under way returns. The loop's parts go now. */
+                        FileSinkOrphan *o = orphan_new();
+                        if (o) {
+                                pthread_t thread = s->thread;
+                                /* Once unlocked, s belongs to the writer: drop the loop's parts first. */
+                                s->wake_source = sd_event_source_disable_unref(s->wake_source);
+                                s->event = sd_event_unref(s->event);
+                                s->orphan = o;
+                                s->op_count = s->executing ? 1 : 0;
+                                s->quit = true;
+                                pthread_cond_signal(&s->work);
+                                pthread_mutex_unlock(&s->lock);
+                                pthread_detach(thread);
+                                if (ret_orphan)
+                                        *ret_orphan = o;
+                                else
+                                        file_sink_orphan_unref(o);
+                                return -ETIMEDOUT;
+                        }
+                        /* No memory even for that: wait after all. */
+                        while (s->op_count > 0)
+                                pthread_cond_wait(&s->idle, &s->lock);
+                }
+                s->quit = true;
+                pthread_cond_signal(&s->work);
+                int error = s->error ?: s->w_error;
+                bool current = s->w_durable_epoch == s->epoch;
+                uint64_t durable = s->w_durable;
+                pthread_mutex_unlock(&s->lock);
+                pthread_join(s->thread, NULL);
+                result = error != 0 ? -error : current ? (int64_t) durable : (int64_t) s->durable;
+        } else
+                result = s->error != 0 ? -s->error : (int64_t) s->durable;
+        if (!s->prepared && result >= 0)
+                result = -ENODATA; /* never knew where the stream stood */
+
+        sd_event_source_disable_unref(s->wake_source);
+        sd_event_unref(s->event);
+        sink_release(s);
+        free(s);
+        return result;
+}
+
 bool file_sink_used_direct_io(const FileSink *s) {
-        return s->direct_used;
+        FileSink *m = (FileSink *) s;
+        pthread_mutex_lock(&m->lock);
+        bool used = m->w_direct_used;
+        pthread_mutex_unlock(&m->lock);
+        return used;
 }
 
 bool file_sink_thread_running(const FileSink *s) {
@@ -507,6 +720,6 @@ bool file_sink_thread_running(const FileSink *s) {
 void file_sink_hold_writer(FileSink *s, bool hold) {
         pthread_mutex_lock(&s->lock);
         s->held = hold;
-        pthread_cond_signal(&s->work);
+        pthread_cond_broadcast(&s->work);
         pthread_mutex_unlock(&s->lock);
 }

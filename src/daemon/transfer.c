@@ -14,7 +14,21 @@
 #define RESTARTS_MAX 3U
 
 /* Failures of the worker itself (stopped, hung file system, too busy): worth retrying later. */
-#define IN_SET_RETRYABLE(r) ((r) == -ETIMEDOUT || (r) == -ECONNRESET || (r) == -EAGAIN || (r) == -ENOSPC || (r) == -EDQUOT)
+#define IN_SET_RETRYABLE(r) ((r) == -ETIMEDOUT || (r) == -ECONNRESET || (r) == -EAGAIN || (r) == -ENOSPC || (r) == -EDQUOT || \
+                             (r) == -EBUSY)
+
+/* How long stopping a download waits for its file to be written and synced. A file system that
+ * takes longer is left to the writer thread (see file_sink_close()). */
+#define SINK_CLOSE_TIMEOUT_USEC (2 * USEC_PER_SEC)
+/* Files whose writer is left waiting for a file system that does not answer, per user, before
+ * that user's downloads are refused until one of them returns. */
+#define ORPHANS_PER_USER_MAX 8U
+
+typedef struct Orphan {
+        char *temp_name;
+        uid_t uid;
+        FileSinkOrphan *sink;
+} Orphan;
 
 struct TransferEngine {
         sd_event *event;
@@ -24,6 +38,8 @@ struct TransferEngine {
         void *userdata;
         CURLM *multi;
         sd_event_source *timer;
+        Orphan *orphans;   /* files whose writer was left behind: not to be touched until it returns */
+        size_t n_orphans;
 };
 
 struct Transfer {
@@ -32,9 +48,10 @@ struct Transfer {
         BitsFile *file;
         Identity id;          /* for the temporary file */
         Identity source_id;   /* for a file:// or path source */
-        int fd;
+        int fd;                 /* file://: the temporary file (HTTP: the sink owns it) */
         uint64_t written;       /* bytes received into the temporary file (not all durable yet) */
         FileSink *sink;         /* HTTP: where received bytes go */
+        bool sink_prepared;
         bool paused;            /* HTTP: curl paused until the sink has room */
         usec_t last_checkpoint; /* CLOCK_MONOTONIC, when the last checkpoint was asked for */
         sd_event_source *checkpoint_timer;
@@ -72,6 +89,10 @@ Job *transfer_job(Transfer *t) {
         return t->job;
 }
 
+static void transfer_finish(Transfer *t, TransferOutcome o, uint32_t retry_after);
+static TransferOutcome fail_local(Transfer *t, int error, const char *what);
+static void engine_add_orphan(TransferEngine *e, Transfer *t, FileSinkOrphan *sink);
+
 /* ---- writing and checkpoints ---- */
 
 static int write_all_at(int fd, const char *p, size_t n, uint64_t offset) {
@@ -94,16 +115,8 @@ static void transfer_record_checkpoint(Transfer *t, uint64_t durable) {
         t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
 }
 
-/* Everything received becomes durable now (waiting for it), then the count is recorded. */
+/* file://: everything copied becomes durable now, then the count is recorded. */
 static int transfer_make_durable(Transfer *t) {
-        if (t->sink) {
-                int64_t d = file_sink_finish(t->sink);
-                if (d < 0)
-                        return (int) d;
-                if ((uint64_t) d != t->file->bytes_checkpoint)
-                        transfer_record_checkpoint(t, (uint64_t) d);
-                return 0;
-        }
         if (t->written == t->file->bytes_checkpoint)
                 return 0;
         if (fdatasync(t->fd) < 0)
@@ -168,9 +181,11 @@ static void on_sink_failed(FileSink *s, int error, void *userdata) {
 /* Throw away what we have and start the file from byte 0. The store learns about it right away,
  * before any new byte lands, so a crash can never splice old and new content. */
 static int transfer_reset_to_zero(Transfer *t) {
-        if (t->sink)
-                file_sink_rewind(t->sink, 0);
-        if (ftruncate(t->fd, 0) < 0)
+        if (t->sink) {
+                int r = file_sink_rewind(t->sink, 0);
+                if (r < 0)
+                        return r;
+        } else if (ftruncate(t->fd, 0) < 0)
                 return -errno;
         t->written = 0;
         t->file->bytes_transferred = 0;
@@ -180,11 +195,21 @@ static int transfer_reset_to_zero(Transfer *t) {
         return 0;
 }
 
-/* Every CheckpointIntervalMSec at least: what a slow stream received is made durable too. */
+/* Every CheckpointIntervalMSec at least: what a slow stream received is made durable too. And a
+ * file system that stops answering ends the attempt after StallTimeoutSec, like a silent server. */
 static int on_checkpoint_timer(sd_event_source *s, uint64_t usec, void *userdata) {
         Transfer *t = userdata;
-        usec_t interval = (usec_t) t->engine->config->checkpoint_interval_msec * USEC_PER_MSEC;
+        const Config *c = t->engine->config;
+        usec_t interval = (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC;
         usec_t due = t->last_checkpoint + interval, n = now(CLOCK_MONOTONIC);
+
+        if (t->sink && file_sink_stuck_usec(t->sink) >= (usec_t) c->stall_timeout_sec * USEC_PER_SEC) {
+                (void) job_set_error(t->job, ERROR_CONTEXT_LOCAL_FILE, "errno:ETIMEDOUT", remote_protocol(t->file->remote_name),
+                                     (int) t->file->index, "The file system of '%s' has not answered for %u s",
+                                     t->file->temp_name, c->stall_timeout_sec);
+                transfer_finish(t, TRANSFER_TRANSIENT, 0); /* frees t; its writer is left behind */
+                return 0;
+        }
 
         if (due > n) {
                 /* A checkpoint was asked for meanwhile: count from that one. */
@@ -493,19 +518,25 @@ static void transfer_finish(Transfer *t, TransferOutcome o, uint32_t retry_after
         t->engine->cb.finished(t, t->job, t->file, o, retry_after, t->engine->userdata);
 }
 
-/* The file is complete: durable, dated like the remote file, and recorded. */
+/* Did every byte arrive? A connection closed early is a transient error; what arrived is kept. */
+static bool transfer_check_length(Transfer *t) {
+        if (t->file->bytes_total == BYTES_UNKNOWN)
+                t->file->bytes_total = t->written;
+        if (t->written == t->file->bytes_total)
+                return true;
+        (void) job_set_error(t->job, ERROR_CONTEXT_TRANSPORT, "curl:PARTIAL_FILE", remote_protocol(t->file->remote_name),
+                             (int) t->file->index, "Connection closed after %" PRIu64 " of %" PRIu64 " bytes of '%s'",
+                             t->written, t->file->bytes_total, t->file->remote_name);
+        return false;
+}
+
+/* file://: the copy is complete: durable, dated like the source, and recorded. */
 static TransferOutcome transfer_complete_file(Transfer *t, time_t mtime) {
         int r = transfer_make_durable(t);
         if (r < 0)
                 return fail_local(t, -r, "write");
-        if (t->file->bytes_total == BYTES_UNKNOWN)
-                t->file->bytes_total = t->written;
-        if (t->written != t->file->bytes_total) {
-                (void) job_set_error(t->job, ERROR_CONTEXT_TRANSPORT, "curl:PARTIAL_FILE", remote_protocol(t->file->remote_name),
-                                     (int) t->file->index, "Connection closed after %" PRIu64 " of %" PRIu64 " bytes of '%s'",
-                                     t->written, t->file->bytes_total, t->file->remote_name);
+        if (!transfer_check_length(t))
                 return TRANSFER_TRANSIENT;
-        }
         if (mtime > 0) {
                 struct timespec ts[2] = { { .tv_sec = mtime }, { .tv_sec = mtime } };
                 (void) futimens(t->fd, ts);
@@ -513,6 +544,46 @@ static TransferOutcome transfer_complete_file(Transfer *t, time_t mtime) {
         /* Recorded as complete, a zero-length file too. */
         t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
         return TRANSFER_DONE;
+}
+
+/* HTTP: the attempt ends early, but what arrived is good: the sink writes it out, syncs and closes
+ * (waiting a bounded time), and the count is recorded as progress. */
+static void http_keep_received(Transfer *t) {
+        FileSinkOrphan *orphan = NULL;
+
+        if (!t->sink)
+                return;
+        int64_t d = file_sink_close(t->sink, SINK_CLOSE_TIMEOUT_USEC, &orphan);
+        t->sink = NULL;
+        if (orphan)
+                engine_add_orphan(t->engine, t, orphan);
+        if (d >= 0 && (uint64_t) d != t->file->bytes_checkpoint)
+                transfer_record_checkpoint(t, (uint64_t) d);
+}
+
+/* HTTP: the response is complete. The writer makes the file durable and dates it like the remote
+ * file; on_sink_completed() records it. */
+static void http_complete_file(Transfer *t, time_t mtime) {
+        if (!transfer_check_length(t)) {
+                http_keep_received(t);
+                transfer_finish(t, TRANSFER_TRANSIENT, 0);
+                return;
+        }
+        int r = file_sink_complete(t->sink, mtime);
+        if (r < 0)
+                transfer_finish(t, fail_local(t, -r, "write"), 0);
+}
+
+static void on_sink_completed(FileSink *s, int64_t result, void *userdata) {
+        Transfer *t = userdata;
+
+        if (result < 0) {
+                transfer_finish(t, fail_local(t, (int) -result, "write"), 0);
+                return;
+        }
+        /* Recorded as complete, a zero-length file too. */
+        transfer_record_checkpoint(t, (uint64_t) result);
+        transfer_finish(t, TRANSFER_DONE, 0);
 }
 
 static void http_done(Transfer *t, CURLcode result) {
@@ -543,12 +614,12 @@ static void http_done(Transfer *t, CURLcode result) {
         if (result == CURLE_OK && t->status >= 200 && t->status < 300) {
                 curl_off_t ft = -1;
                 (void) curl_easy_getinfo(t->easy, CURLINFO_FILETIME_T, &ft);
-                transfer_finish(t, transfer_complete_file(t, ft > 0 ? (time_t) ft : 0), 0);
+                http_complete_file(t, ft > 0 ? (time_t) ft : 0);
                 return;
         }
 
         /* Whatever we received is still good: keep it. */
-        (void) transfer_make_durable(t);
+        http_keep_received(t);
 
         if (result == CURLE_OK) {
                 char code[16];
@@ -762,26 +833,68 @@ static void on_source_opened(FileOpsRequest *req, int result, void *userdata) {
                 transfer_finish(t, fail_local(t, -r, "prepare"), 0);
 }
 
-/* The temporary file is open: position at the last checkpoint and start fetching. */
-static int temp_ready(Transfer *t) {
+/* The temporary file was cut back to keep bytes (the last checkpoint, or 0 if the file turned out
+ * shorter than recorded): continue from there. */
+static void transfer_continue_at(Transfer *t, uint64_t keep) {
+        BitsFile *f = t->file;
+        if (keep != f->bytes_checkpoint) {
+                log_info("Job %s: file %u: temporary file is shorter than recorded, starting it again.", t->job->id, f->index);
+                transfer_record_checkpoint(t, 0);
+        }
+        t->written = keep;
+        f->bytes_transferred = keep;
+}
+
+static void on_sink_prepared(FileSink *s, int64_t offset, void *userdata) {
+        Transfer *t = userdata;
+        int r;
+
+        if (offset < 0) {
+                transfer_finish(t, fail_local(t, (int) -offset, "start"), 0);
+                return;
+        }
+        t->sink_prepared = true;
+        transfer_continue_at(t, (uint64_t) offset);
+        t->url = strdup(t->file->remote_name);
+        r = t->url ? http_setup(t) : -ENOMEM;
+        if (r < 0)
+                transfer_finish(t, fail_local(t, -r, "start"), 0);
+}
+
+/* file://: the temporary file is cut back to the last checkpoint right here; the source is opened
+ * as its owner next. */
+static int file_temp_ready(Transfer *t) {
         TransferEngine *e = t->engine;
         BitsFile *f = t->file;
+        _cleanup_free_ char *path = NULL;
         struct stat st;
         int r;
 
         if (fstat(t->fd, &st) < 0)
                 return -errno;
-        /* Bytes past the checkpoint were never proven durable: drop them. */
         uint64_t keep = (uint64_t) st.st_size >= f->bytes_checkpoint ? f->bytes_checkpoint : 0;
         if ((uint64_t) st.st_size != keep && ftruncate(t->fd, (off_t) keep) < 0)
                 return -errno;
-        if (keep != f->bytes_checkpoint) {
-                log_info("Job %s: file %u: temporary file is shorter than recorded, starting it again.", t->job->id, f->index);
-                f->bytes_checkpoint = 0;
-                e->cb.checkpoint(t, t->job, f, e->userdata);
-        }
-        t->written = keep;
-        f->bytes_transferred = keep;
+        transfer_continue_at(t, keep);
+
+        r = remote_local_path(f->remote_name, &path);
+        if (r < 0)
+                return r;
+        return file_ops_submit(e->ops, &t->source_id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t, &t->request);
+}
+
+/* The temporary file is open: continue after the last checkpoint. For HTTP the file goes to a sink,
+ * whose writer alone touches it from now on. */
+static int temp_ready(Transfer *t) {
+        TransferEngine *e = t->engine;
+        static const FileSinkCallbacks sink_callbacks = {
+                .prepared = on_sink_prepared,
+                .writable = on_sink_writable,
+                .durable = on_sink_durable,
+                .completed = on_sink_completed,
+                .failed = on_sink_failed,
+        };
+        int r;
 
         r = sd_event_add_time_relative(e->event, &t->checkpoint_timer, CLOCK_MONOTONIC,
                                        (usec_t) e->config->checkpoint_interval_msec * USEC_PER_MSEC, 0,
@@ -790,26 +903,14 @@ static int temp_ready(Transfer *t) {
                 return r;
         (void) sd_event_source_set_enabled(t->checkpoint_timer, SD_EVENT_ON);
 
-        if (remote_is_local_file(f->remote_name)) {
-                _cleanup_free_ char *path = NULL;
-                r = remote_local_path(f->remote_name, &path);
-                if (r < 0)
-                        return r;
-                return file_ops_submit(e->ops, &t->source_id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t,
-                                       &t->request);
-        }
-        static const FileSinkCallbacks sink_callbacks = {
-                .writable = on_sink_writable,
-                .durable = on_sink_durable,
-                .failed = on_sink_failed,
-        };
-        r = file_sink_new(e->event, t->fd, t->written, &sink_callbacks, t, &t->sink);
+        if (remote_is_local_file(t->file->remote_name))
+                return file_temp_ready(t);
+
+        r = file_sink_new(e->event, t->fd, &sink_callbacks, t, &t->sink);
         if (r < 0)
                 return r;
-        t->url = strdup(f->remote_name);
-        if (!t->url)
-                return -ENOMEM;
-        return http_setup(t);
+        t->fd = -EBADF; /* the sink's now */
+        return file_sink_prepare(t->sink, t->file->bytes_checkpoint);
 }
 
 /* Opening the temporary file as the owner: reopen it to continue after a checkpoint, create it
@@ -843,6 +944,56 @@ static void on_temp_opened(FileOpsRequest *req, int result, void *userdata) {
                 transfer_finish(t, fail_local(t, -r, "open the temporary file"), 0);
 }
 
+/* ---- writers left behind ---- */
+
+static void engine_prune_orphans(TransferEngine *e) {
+        size_t k = 0;
+        for (size_t i = 0; i < e->n_orphans; i++) {
+                Orphan *o = &e->orphans[i];
+                if (file_sink_orphan_done(o->sink)) {
+                        log_info("The writer left behind on '%s' has returned.", o->temp_name);
+                        free(o->temp_name);
+                        file_sink_orphan_unref(o->sink);
+                } else
+                        e->orphans[k++] = *o;
+        }
+        e->n_orphans = k;
+}
+
+/* A file whose writer was left behind is not touched until that writer returned (it could still
+ * write or truncate). A user with many such files gets no new downloads for now: each one holds a
+ * thread. */
+static bool engine_file_busy(TransferEngine *e, const char *temp_name, uid_t uid) {
+        unsigned of_user = 0;
+
+        engine_prune_orphans(e);
+        for (size_t i = 0; i < e->n_orphans; i++) {
+                if (streq(e->orphans[i].temp_name, temp_name))
+                        return true;
+                if (e->orphans[i].uid == uid)
+                        of_user++;
+        }
+        return of_user >= ORPHANS_PER_USER_MAX;
+}
+
+static void engine_add_orphan(TransferEngine *e, Transfer *t, FileSinkOrphan *sink) {
+        Orphan *n = reallocarray(e->orphans, e->n_orphans + 1, sizeof(Orphan));
+        char *name = strdup(t->file->temp_name);
+
+        if (n)
+                e->orphans = n;
+        if (!n || !name) {
+                log_error("Job %s: out of memory: cannot keep track of the writer left behind on '%s'.", t->job->id,
+                          t->file->temp_name);
+                free(name);
+                file_sink_orphan_unref(sink);
+                return;
+        }
+        e->orphans[e->n_orphans++] = (Orphan) { .temp_name = name, .uid = t->id.uid, .sink = sink };
+        log_warning("Job %s: the file system of '%s' does not answer: its writer is left behind, the file is not "
+                    "touched until it returns.", t->job->id, t->file->temp_name);
+}
+
 int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, const Identity *source_id,
                    Transfer **ret, bool *ret_transient) {
         Transfer *t;
@@ -857,6 +1008,14 @@ int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, c
                 .last_checkpoint = now(CLOCK_MONOTONIC),
                 .opening = f->bytes_checkpoint > 0 ? FILE_OP_OPEN_WRITE : FILE_OP_CREATE,
         };
+
+        if (engine_file_busy(e, f->temp_name, id->uid)) {
+                *ret_transient = true;
+                (void) job_set_error(j, ERROR_CONTEXT_LOCAL_FILE, "errno:EBUSY", remote_protocol(f->remote_name), (int) f->index,
+                                     "An earlier write to '%s' has not returned: its file system does not answer", f->temp_name);
+                transfer_free(t);
+                return -EBUSY;
+        }
 
         /* Everything that touches the file system happens in the owner's worker, answered later. */
         r = file_ops_submit(e->ops, &t->id, t->opening, f->temp_name, NULL, on_temp_opened, t, &t->request);
@@ -877,17 +1036,19 @@ Transfer *transfer_free(Transfer *t) {
         http_teardown(t);
         t->copy_source = sd_event_source_disable_unref(t->copy_source);
         t->checkpoint_timer = sd_event_source_disable_unref(t->checkpoint_timer);
-        if (t->fd >= 0) {
-                /* Keep every byte received: write it out and make it durable (the caller records it). */
-                if (t->sink) {
-                        int64_t d = file_sink_finish(t->sink);
-                        if (d >= 0)
-                                t->file->bytes_checkpoint = (uint64_t) d;
-                } else if (t->written != t->file->bytes_checkpoint && fdatasync(t->fd) >= 0)
-                        t->file->bytes_checkpoint = t->written;
-                t->file->bytes_transferred = t->file->bytes_checkpoint;
-        }
-        t->sink = file_sink_free(t->sink);
+        /* Keep every byte received: written out and made durable (the caller records it). */
+        if (t->sink) {
+                FileSinkOrphan *orphan = NULL;
+                int64_t d = file_sink_close(t->sink, SINK_CLOSE_TIMEOUT_USEC, &orphan);
+                t->sink = NULL;
+                if (d >= 0)
+                        t->file->bytes_checkpoint = (uint64_t) d;
+                if (orphan)
+                        engine_add_orphan(t->engine, t, orphan);
+        } else if (t->fd >= 0 && t->written != t->file->bytes_checkpoint && fdatasync(t->fd) >= 0)
+                t->file->bytes_checkpoint = t->written;
+        /* What is not durable does not count. */
+        t->file->bytes_transferred = t->file->bytes_checkpoint;
         safe_close(t->fd);
         safe_close(t->src_fd);
         free(t->url);
@@ -931,6 +1092,11 @@ int transfer_engine_new(sd_event *event, const Config *config, FileOps *ops, con
 TransferEngine *transfer_engine_free(TransferEngine *e) {
         if (!e)
                 return NULL;
+        for (size_t i = 0; i < e->n_orphans; i++) {
+                free(e->orphans[i].temp_name);
+                file_sink_orphan_unref(e->orphans[i].sink);
+        }
+        free(e->orphans);
         if (e->multi)
                 curl_multi_cleanup(e->multi);
         sd_event_source_disable_unref(e->timer);

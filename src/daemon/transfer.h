@@ -4,9 +4,11 @@
 /* The transfer engine: fetches one file of a job at a time into its temporary file.
  *
  * HTTP(S) runs on curl's multi socket interface driven by sd-event, so any number of transfers
- * costs no threads. Received data goes to a file sink (file-sink.h), which writes it in large,
- * direct writes on its own writer thread while the loop keeps receiving; when the sink is full,
- * curl is paused. A checkpoint (whenever CheckpointBytes or CheckpointIntervalMSec passed) makes
+ * costs no threads. Received data goes to a file sink (file-sink.h): its writer thread alone
+ * touches the temporary file (large direct writes while the loop keeps receiving; truncating,
+ * syncing, dating, closing); when the sink is full, curl is paused. A writer stuck for
+ * StallTimeoutSec in a file system that does not answer ends the attempt with a transient error,
+ * and its file is left alone until the writer returns. A checkpoint (whenever CheckpointBytes or CheckpointIntervalMSec passed) makes
  * the data durable with fdatasync() before the byte count is handed up to be recorded, so
  * recorded progress is never ahead of the disk. Resuming uses Range with If-Range; a changed remote file restarts from 0.
  * file:// and path sources are opened as the job owner and copied in bounded chunks from an

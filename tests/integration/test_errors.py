@@ -13,8 +13,9 @@ import socket
 import subprocess
 import time
 
+import hangfs
 import harness
-from harness import ALICE, JOB_IFACE, BusError, sha256_file
+from harness import ALICE, BOB, JOB_IFACE, BusError, sha256_file
 
 MiB = 1 << 20
 RETRY = 5        # the smallest MinimumRetryDelay BITS allows
@@ -246,6 +247,63 @@ class LocalFileErrors(ErrorsBase):
         self.wait_state(path, 'transferred', timeout=60)
         self.assertEqual(self.prop(path, 'BytesTransferred'), size)
         self.assertEqual(self.complete_and_hash(path, 'small-fs/full.bin'), digest)
+
+
+    def test_hung_file_system_holds_up_only_its_own_job(self):
+        """alice's destination is her own file system, and it stops answering writes (a FUSE
+        server that hangs). bitsd keeps answering and bob's download goes through meanwhile;
+        after StallTimeoutSec her job is in transient-error naming the file system; a retry is
+        refused at once while the hung write could still land, instead of touching the file
+        again; once the write returned (here: the server is gone), a retry finishes the file."""
+        size = 8 * MiB
+        digest = self.h.make_file('nginx', 'hung.bin', size, seed=22)
+        d = self.local('hung-fs')
+        os.makedirs(d)
+        os.chown(d, ALICE, ALICE)
+        fs = hangfs.HangFS(d, ALICE, ALICE)
+        self.addCleanup(fs.stop)
+        fs.hang_writes = True
+        path = self.start_job(self.h.nginx_url('hung.bin'), 'hung-fs/hung.bin')
+
+        bob = self.h.client(BOB)
+        bob_local = os.path.join(self.h.home(BOB), 'beside-hung.bin')
+        _, bob_job = bob.manager('CreateJob', 'ss', 'beside a hung file system', 'download')
+        bob.job(bob_job, 'AddFile', 'ss', self.h.nginx_url('hung.bin'), bob_local)
+        bob.job(bob_job, 'Resume')
+        self.assertEqual(bob.wait_job_state(bob_job, ['transferred', 'error', 'transient-error']), 'transferred')
+        self.assertEqual(bob.job(bob_job, 'Complete'), 'complete')
+        self.assertEqual(sha256_file(bob_local), digest)
+        t0 = time.monotonic()
+        self.assertIn(self.prop(path, 'State'), ('connecting', 'transferring'))
+        self.assertLess(time.monotonic() - t0, 1.0)
+        self.assertGreater(fs.writes_seen, 0)
+
+        self.assertEqual(self.wait_state(path, ['error', 'transient-error', 'transferred']), 'transient-error')
+        err = self.assert_error(path, 'local-file', 'errno:ETIMEDOUT', 'http')
+        self.assertIn('has not answered', err[2])
+        self.assertEqual(self.prop(path, 'BytesTransferred'), 0)
+
+        writes = fs.writes_seen
+        self.alice.job(path, 'Resume')
+        deadline = time.monotonic() + 10
+        while self.prop(path, 'Error')[1] != 'errno:EBUSY' and time.monotonic() < deadline:
+            time.sleep(0.05)
+        err = self.assert_error(path, 'local-file', 'errno:EBUSY', 'http')
+        self.assertIn('has not returned', err[2])
+        self.assertEqual(self.prop(path, 'State'), 'transient-error')
+        self.assertEqual(fs.writes_seen, writes)
+
+        # The server goes away: the hung write fails, the writer returns, the file is free.
+        fs.stop()
+        deadline = time.monotonic() + 15
+        while True:
+            self.alice.job(path, 'Resume')
+            state = self.wait_state(path, ['transferred', 'error', 'transient-error'])
+            if state != 'transient-error' or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(state, 'transferred', self.prop(path, 'Error'))
+        self.assertEqual(self.complete_and_hash(path, 'hung-fs/hung.bin'), digest)
 
 
 class TransientErrors(ErrorsBase):
