@@ -28,6 +28,8 @@ typedef enum SinkOpKind {
         SINK_OP_TRUNCATE, /* offset: the new length */
         SINK_OP_COMPLETE, /* offset: the stream's length; sync, then date the file */
         SINK_OP_CLOSE,
+        SINK_OP_SOURCE_STAT,
+        SINK_OP_COPY,     /* offset: where, in the source and the file; len: at most this much */
 } SinkOpKind;
 
 typedef struct SinkOp {
@@ -49,6 +51,7 @@ struct FileSink {
         sd_event_source *wake_source;
         int wake_fd;
         int fd;
+        int src_fd;                   /* a local source to copy from, or -EBADF */
         FileSinkCallbacks cb;
         void *userdata;
 
@@ -63,14 +66,20 @@ struct FileSink {
         uint64_t durable;             /* reported durable */
         bool prepared;
         bool completing;
+        bool copying;
         bool sync_pending;
         bool blocked;                 /* append answered -EAGAIN: call writable() */
         int error;                    /* failure seen */
         bool error_reported;
-        bool deliver_prepared, deliver_completed;
-        int64_t prepare_result, complete_result;
+        bool deliver_prepared, deliver_completed, deliver_source, deliver_copied;
+        int64_t prepare_result, complete_result, source_result, copy_result;
+        bool copy_write_failed;
+        struct stat source_stat;
 
         /* The writer's side: only the writer touches these while it runs. */
+        char *copy_buf;               /* for copies copy_file_range() cannot do */
+        bool copy_wrote_badly;        /* the last copy failed writing, not reading */
+        struct stat src_st;
         bool direct_ok;               /* O_DIRECT not refused by the file system */
         bool fd_direct;               /* O_DIRECT currently set on the fd */
         bool direct_used;
@@ -93,8 +102,10 @@ struct FileSink {
         unsigned w_durable_epoch;
         int w_error;
         bool w_direct_used;
-        bool w_prepared, w_completed;
-        int64_t w_prepare_result, w_complete_result;
+        bool w_prepared, w_completed, w_source, w_copied;
+        int64_t w_prepare_result, w_complete_result, w_source_result, w_copy_result;
+        bool w_copy_write_failed;
+        struct stat w_source_stat;
 };
 
 static int set_direct(int fd, bool on) {
@@ -166,6 +177,48 @@ static int sink_sync(FileSink *s) {
         return fdatasync(s->fd) < 0 ? -errno : 0;
 }
 
+#define COPY_FALLBACK_SIZE (256U * 1024U)
+
+/* Copies up to len bytes of the source at off to the same offset of the file. Returns the bytes
+ * copied (0: the source ends there) or -errno, with copy_write_failed telling which side failed. */
+static int64_t sink_copy(FileSink *s, uint64_t off, size_t len) {
+        loff_t in = (loff_t) off, out = (loff_t) off;
+        ssize_t n;
+
+        s->copy_wrote_badly = false;
+        if (s->fd_direct) {
+                (void) set_direct(s->fd, false);
+                s->fd_direct = false;
+        }
+        n = copy_file_range(s->src_fd, &in, s->fd, &out, len, 0);
+        if (n >= 0)
+                return n;
+        if (errno == ENOSPC || errno == EDQUOT || errno == EFBIG) {
+                s->copy_wrote_badly = true; /* the file's side, surely */
+                return -errno;
+        }
+        if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+                return -errno;
+
+        /* Different file systems, or no support: a plain read and write. */
+        if (!s->copy_buf) {
+                s->copy_buf = malloc(COPY_FALLBACK_SIZE);
+                if (!s->copy_buf)
+                        return -ENOMEM;
+        }
+        n = pread(s->src_fd, s->copy_buf, MIN(len, (size_t) COPY_FALLBACK_SIZE), (off_t) off);
+        if (n < 0)
+                return -errno;
+        if (n > 0) {
+                int r = sink_write(s, s->copy_buf, (size_t) n, off);
+                if (r < 0) {
+                        s->copy_wrote_badly = true;
+                        return r;
+                }
+        }
+        return n;
+}
+
 /* Carries out one op; called without the lock. Returns its result (negative: errno). */
 static int64_t sink_execute(FileSink *s, const SinkOp *op) {
         switch (op->kind) {
@@ -194,7 +247,14 @@ static int64_t sink_execute(FileSink *s, const SinkOp *op) {
                 if (s->fd >= 0)
                         close(s->fd);
                 s->fd = -EBADF;
+                if (s->src_fd >= 0)
+                        close(s->src_fd);
+                s->src_fd = -EBADF;
                 return 0;
+        case SINK_OP_SOURCE_STAT:
+                return fstat(s->src_fd, &s->src_st) < 0 ? -errno : 0;
+        case SINK_OP_COPY:
+                return sink_copy(s, op->offset, op->len);
         }
         return -EINVAL;
 }
@@ -210,6 +270,21 @@ static void sink_record(FileSink *s, const SinkOp *op, bool skipped, int64_t r) 
                         s->w_durable = (uint64_t) r;
                         s->w_durable_epoch = op->epoch;
                 }
+                return;
+        }
+        if (op->kind == SINK_OP_SOURCE_STAT) {
+                s->w_source = true;
+                s->w_source_result = r;
+                s->w_source_stat = s->src_st;
+                return;
+        }
+        if (op->kind == SINK_OP_COPY) {
+                /* Reported to the loop, which decides; a failed write also stops the sink. */
+                s->w_copied = true;
+                s->w_copy_result = skipped ? -s->w_error : r;
+                s->w_copy_write_failed = skipped || s->copy_wrote_badly;
+                if (!skipped && r < 0 && s->copy_wrote_badly && s->w_error == 0)
+                        s->w_error = (int) -r;
                 return;
         }
         if (op->kind == SINK_OP_COMPLETE) {
@@ -237,6 +312,10 @@ static void sink_release(FileSink *s) {
         if (s->fd >= 0)
                 close(s->fd);
         s->fd = -EBADF;
+        if (s->src_fd >= 0)
+                close(s->src_fd);
+        s->src_fd = -EBADF;
+        s->copy_buf = mfree(s->copy_buf);
         if (s->wake_fd >= 0)
                 close(s->wake_fd);
         s->wake_fd = -EBADF;
@@ -260,7 +339,8 @@ static void *writer_main(void *userdata) {
                 SinkOp op = s->ops[s->op_head];
                 /* Stale writes and syncs go; after a failure nothing more is written. */
                 bool skipped = ((op.kind == SINK_OP_WRITE || op.kind == SINK_OP_SYNC) && op.epoch != s->epoch) ||
-                               (s->w_error != 0 && op.kind != SINK_OP_PREPARE && op.kind != SINK_OP_CLOSE);
+                               (s->w_error != 0 && op.kind != SINK_OP_PREPARE && op.kind != SINK_OP_CLOSE &&
+                                op.kind != SINK_OP_SOURCE_STAT);
                 s->executing = true;
                 if (!skipped)
                         s->op_started = now(CLOCK_MONOTONIC);
@@ -383,6 +463,18 @@ static int on_wake(sd_event_source *source, int fd, uint32_t revents, void *user
                 s->deliver_completed = true;
                 s->complete_result = s->w_complete_result;
         }
+        if (s->w_source) {
+                s->w_source = false;
+                s->deliver_source = true;
+                s->source_result = s->w_source_result;
+                s->source_stat = s->w_source_stat;
+        }
+        if (s->w_copied) {
+                s->w_copied = false;
+                s->deliver_copied = true;
+                s->copy_result = s->w_copy_result;
+                s->copy_write_failed = s->w_copy_write_failed;
+        }
         pthread_mutex_unlock(&s->lock);
 
         if (s->blocked && any_free && s->error == 0) {
@@ -391,9 +483,9 @@ static int on_wake(sd_event_source *source, int fd, uint32_t revents, void *user
         }
 
         /* One callback that may free the sink per wake-up: if more are due, come back for them. */
-        bool fail = s->error != 0 && !s->error_reported && !s->completing;
+        bool fail = s->error != 0 && !s->error_reported && !s->completing && !s->deliver_copied;
         bool advance = durable_now && durable > s->durable && s->error == 0 && !s->completing;
-        unsigned due = s->deliver_prepared + fail + advance + s->deliver_completed;
+        unsigned due = s->deliver_prepared + s->deliver_source + s->deliver_copied + fail + advance + s->deliver_completed;
         if (due > 1)
                 (void) eventfd_write(s->wake_fd, 1);
 
@@ -404,6 +496,17 @@ static int on_wake(sd_event_source *source, int fd, uint32_t revents, void *user
                         s->offset = s->submitted = s->sync_requested = s->durable = (uint64_t) s->prepare_result;
                 }
                 s->cb.prepared(s, s->prepare_result, s->userdata);
+        } else if (s->deliver_source) {
+                s->deliver_source = false;
+                s->cb.source_ready(s, s->source_result < 0 ? (int) -s->source_result : 0, &s->source_stat, s->userdata);
+        } else if (s->deliver_copied) {
+                s->deliver_copied = false;
+                s->copying = false;
+                if (s->copy_result > 0)
+                        s->offset = s->submitted = s->offset + (uint64_t) s->copy_result;
+                if (s->copy_result < 0 && s->copy_write_failed)
+                        s->error_reported = true; /* told here, not by failed() */
+                s->cb.copied(s, s->copy_result, s->copy_write_failed, s->userdata);
         } else if (fail) {
                 s->error_reported = true;
                 s->sync_pending = false;
@@ -430,7 +533,7 @@ int file_sink_new(sd_event *e, int fd, const FileSinkCallbacks *cb, void *userda
         if (!s)
                 return -ENOMEM;
         *s = (FileSink) {
-                .event = sd_event_ref(e), .wake_fd = -EBADF, .fd = fd, .cb = *cb, .userdata = userdata,
+                .event = sd_event_ref(e), .wake_fd = -EBADF, .fd = fd, .src_fd = -EBADF, .cb = *cb, .userdata = userdata,
                 .filling = -1, .direct_ok = true,
         };
         pthread_mutex_init(&s->lock, NULL);
@@ -591,6 +694,29 @@ int file_sink_rewind(FileSink *s, uint64_t offset) {
         s->sync_pending = false;
         s->blocked = false;
         return sink_queue(s, (SinkOp) { .kind = SINK_OP_TRUNCATE, .offset = offset });
+}
+
+int file_sink_set_source(FileSink *s, int src_fd) {
+        if (s->src_fd >= 0 || !s->prepared)
+                return -EINVAL;
+        pthread_mutex_lock(&s->lock); /* the writer reads it */
+        s->src_fd = src_fd;
+        pthread_mutex_unlock(&s->lock);
+        return sink_queue(s, (SinkOp) { .kind = SINK_OP_SOURCE_STAT });
+}
+
+int file_sink_copy(FileSink *s, size_t len) {
+        int r;
+
+        if (s->error != 0)
+                return -s->error;
+        if (!s->prepared || s->completing || s->copying || s->src_fd < 0 || s->filling >= 0)
+                return -EINVAL;
+        r = sink_queue(s, (SinkOp) { .kind = SINK_OP_COPY, .offset = s->offset, .len = len });
+        if (r < 0)
+                return r;
+        s->copying = true;
+        return 0;
 }
 
 uint64_t file_sink_offset(const FileSink *s) {

@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include <systemd/sd-event.h>
@@ -49,6 +50,13 @@ typedef struct FileSinkCallbacks {
         /* A write, truncation or sync failed (positive errno); the sink takes nothing more. Not called
          * once file_sink_complete() was asked for (completed() gets the error). May free. */
         void (*failed)(FileSink *s, int error, void *userdata);
+        /* Local sources only: file_sink_set_source() looked at the source: 0 and its stat, or a
+         * positive errno. May free. */
+        void (*source_ready)(FileSink *s, int error, const struct stat *st, void *userdata);
+        /* file_sink_copy() is done: n bytes copied (0: the source ends there), or -errno; write_failed
+         * says whether writing the file failed (then the sink takes nothing more) rather than
+         * reading the source. May free. */
+        void (*copied)(FileSink *s, int64_t n, bool write_failed, void *userdata);
 } FileSinkCallbacks;
 
 /* Takes over fd (open for writing): from now on only the writer touches it, and closes it. Call
@@ -73,6 +81,14 @@ bool file_sink_checkpoint_pending(const FileSink *s);
 /* The stream is complete: write everything, fdatasync(), date the file mtime (if > 0); completed()
  * follows. Nothing may be appended afterwards. */
 int file_sink_complete(FileSink *s, time_t mtime);
+
+/* A local file to copy from instead of appending: the sink takes over src_fd (only the writer
+ * touches it, and closes it), looks at it, and calls source_ready(). Once prepared only. */
+int file_sink_set_source(FileSink *s, int src_fd);
+
+/* Copies the next bytes of the source (at most len, at the stream's offset: the file is a copy of
+ * the source) to the file, in the kernel where it can; copied() follows. One copy at a time. */
+int file_sink_copy(FileSink *s, size_t len);
 
 /* Forgets every byte after offset and continues from there: the file is truncated behind the
  * writes already queued, which are dropped where they have not started yet. */

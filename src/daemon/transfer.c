@@ -48,10 +48,9 @@ struct Transfer {
         BitsFile *file;
         Identity id;          /* for the temporary file */
         Identity source_id;   /* for a file:// or path source */
-        int fd;                 /* file://: the temporary file (HTTP: the sink owns it) */
+        int fd;                 /* the temporary file, until the sink takes it over */
         uint64_t written;       /* bytes received into the temporary file (not all durable yet) */
         FileSink *sink;         /* HTTP: where received bytes go */
-        bool sink_prepared;
         bool paused;            /* HTTP: curl paused until the sink has room */
         usec_t last_checkpoint; /* CLOCK_MONOTONIC, when the last checkpoint was asked for */
         sd_event_source *checkpoint_timer;
@@ -80,9 +79,8 @@ struct Transfer {
         bool retried_open;
 
         /* file:// */
-        int src_fd;
         uint64_t src_size;
-        sd_event_source *copy_source;
+        time_t src_mtime;
 };
 
 Job *transfer_job(Transfer *t) {
@@ -95,54 +93,20 @@ static void engine_add_orphan(TransferEngine *e, Transfer *t, FileSinkOrphan *si
 
 /* ---- writing and checkpoints ---- */
 
-static int write_all_at(int fd, const char *p, size_t n, uint64_t offset) {
-        while (n > 0) {
-                ssize_t k = pwrite(fd, p, n, (off_t) offset);
-                if (k < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return -errno;
-                }
-                p += k;
-                n -= (size_t) k;
-                offset += (uint64_t) k;
-        }
-        return 0;
-}
-
 static void transfer_record_checkpoint(Transfer *t, uint64_t durable) {
         t->file->bytes_checkpoint = durable;
         t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
 }
 
-/* file://: everything copied becomes durable now, then the count is recorded. */
-static int transfer_make_durable(Transfer *t) {
-        if (t->written == t->file->bytes_checkpoint)
-                return 0;
-        if (fdatasync(t->fd) < 0)
-                return -errno;
-        transfer_record_checkpoint(t, t->written);
-        return 0;
-}
-
-/* A checkpoint without waiting: HTTP data is synced by the sink's writer, whose durable()
- * records it; a file:// copy (already written by the kernel) is synced right here. partial:
- * also the bytes that do not fill a whole buffer yet. */
+/* A checkpoint without waiting: the sink's writer syncs, and its durable() records the count.
+ * partial: also the bytes that do not fill a whole buffer yet. */
 static int transfer_checkpoint(Transfer *t, bool partial) {
         t->last_checkpoint = now(CLOCK_MONOTONIC);
-        if (t->sink)
-                return file_sink_checkpoint(t->sink, partial);
-        return transfer_make_durable(t);
+        return file_sink_checkpoint(t->sink, partial);
 }
 
 static bool checkpoint_bytes_due(Transfer *t) {
         return t->written - t->file->bytes_checkpoint >= t->engine->config->checkpoint_bytes;
-}
-
-static bool checkpoint_due(Transfer *t) {
-        const Config *c = t->engine->config;
-        return checkpoint_bytes_due(t) ||
-               now(CLOCK_MONOTONIC) - t->last_checkpoint >= (usec_t) c->checkpoint_interval_msec * USEC_PER_MSEC;
 }
 
 /* The bytes-based checkpoint of a stream: whole buffers only, unless a checkpoint is wanted more
@@ -181,12 +145,9 @@ static void on_sink_failed(FileSink *s, int error, void *userdata) {
 /* Throw away what we have and start the file from byte 0. The store learns about it right away,
  * before any new byte lands, so a crash can never splice old and new content. */
 static int transfer_reset_to_zero(Transfer *t) {
-        if (t->sink) {
-                int r = file_sink_rewind(t->sink, 0);
-                if (r < 0)
-                        return r;
-        } else if (ftruncate(t->fd, 0) < 0)
-                return -errno;
+        int r = file_sink_rewind(t->sink, 0); /* the writer truncates, behind what is queued */
+        if (r < 0)
+                return r;
         t->written = 0;
         t->file->bytes_transferred = 0;
         t->file->bytes_total = BYTES_UNKNOWN;
@@ -204,9 +165,14 @@ static int on_checkpoint_timer(sd_event_source *s, uint64_t usec, void *userdata
         usec_t due = t->last_checkpoint + interval, n = now(CLOCK_MONOTONIC);
 
         if (t->sink && file_sink_stuck_usec(t->sink) >= (usec_t) c->stall_timeout_sec * USEC_PER_SEC) {
-                (void) job_set_error(t->job, ERROR_CONTEXT_LOCAL_FILE, "errno:ETIMEDOUT", remote_protocol(t->file->remote_name),
-                                     (int) t->file->index, "The file system of '%s' has not answered for %u s",
-                                     t->file->temp_name, c->stall_timeout_sec);
+                if (remote_is_local_file(t->file->remote_name))
+                        (void) job_set_error(t->job, ERROR_CONTEXT_LOCAL_FILE, "errno:ETIMEDOUT", "file", (int) t->file->index,
+                                             "Copying '%s' to '%s' has not returned for %u s: a file system does not answer",
+                                             t->file->remote_name, t->file->temp_name, c->stall_timeout_sec);
+                else
+                        (void) job_set_error(t->job, ERROR_CONTEXT_LOCAL_FILE, "errno:ETIMEDOUT", remote_protocol(t->file->remote_name),
+                                             (int) t->file->index, "The file system of '%s' has not answered for %u s",
+                                             t->file->temp_name, c->stall_timeout_sec);
                 transfer_finish(t, TRANSFER_TRANSIENT, 0); /* frees t; its writer is left behind */
                 return 0;
         }
@@ -530,25 +496,9 @@ static bool transfer_check_length(Transfer *t) {
         return false;
 }
 
-/* file://: the copy is complete: durable, dated like the source, and recorded. */
-static TransferOutcome transfer_complete_file(Transfer *t, time_t mtime) {
-        int r = transfer_make_durable(t);
-        if (r < 0)
-                return fail_local(t, -r, "write");
-        if (!transfer_check_length(t))
-                return TRANSFER_TRANSIENT;
-        if (mtime > 0) {
-                struct timespec ts[2] = { { .tv_sec = mtime }, { .tv_sec = mtime } };
-                (void) futimens(t->fd, ts);
-        }
-        /* Recorded as complete, a zero-length file too. */
-        t->engine->cb.checkpoint(t, t->job, t->file, t->engine->userdata);
-        return TRANSFER_DONE;
-}
-
-/* HTTP: the attempt ends early, but what arrived is good: the sink writes it out, syncs and closes
+/* The attempt ends early, but what arrived is good: the sink writes it out, syncs and closes
  * (waiting a bounded time), and the count is recorded as progress. */
-static void http_keep_received(Transfer *t) {
+static void transfer_keep_received(Transfer *t) {
         FileSinkOrphan *orphan = NULL;
 
         if (!t->sink)
@@ -565,7 +515,7 @@ static void http_keep_received(Transfer *t) {
  * file; on_sink_completed() records it. */
 static void http_complete_file(Transfer *t, time_t mtime) {
         if (!transfer_check_length(t)) {
-                http_keep_received(t);
+                transfer_keep_received(t);
                 transfer_finish(t, TRANSFER_TRANSIENT, 0);
                 return;
         }
@@ -619,7 +569,7 @@ static void http_done(Transfer *t, CURLcode result) {
         }
 
         /* Whatever we received is still good: keep it. */
-        http_keep_received(t);
+        transfer_keep_received(t);
 
         if (result == CURLE_OK) {
                 char code[16];
@@ -715,99 +665,85 @@ static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp) {
 
 /* ---- file:// and path sources ---- */
 
-static int on_copy(sd_event_source *s, void *userdata) {
-        Transfer *t = userdata;
+/* The next chunk of a local copy, carried out by the sink's writer; or, at the end, the file made
+ * durable and dated like the source (on_sink_completed() finishes). */
+static void file_copy_next(Transfer *t) {
         uint64_t left = t->src_size - t->written;
-        ssize_t n;
+        int r;
 
-        if (left == 0) {
-                struct stat st;
-                time_t mtime = fstat(t->src_fd, &st) >= 0 ? st.st_mtim.tv_sec : 0;
-                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-                transfer_finish(t, transfer_complete_file(t, mtime), 0);
-                return 0;
-        }
+        if (left == 0)
+                r = file_sink_complete(t->sink, t->src_mtime);
+        else
+                r = file_sink_copy(t->sink, (size_t) MIN(left, (uint64_t) COPY_CHUNK));
+        if (r < 0)
+                transfer_finish(t, fail_local(t, -r, "write"), 0);
+}
 
-        loff_t in = (loff_t) t->written, out = (loff_t) t->written;
-        n = copy_file_range(t->src_fd, &in, t->fd, &out, (size_t) MIN(left, (uint64_t) COPY_CHUNK), 0);
-        if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
-                /* Different file systems or no support: plain reads and writes. */
-                static char chunk[256 * 1024];
-                n = pread(t->src_fd, chunk, (size_t) MIN(left, sizeof(chunk)), (off_t) t->written);
-                if (n > 0) {
-                        int r = write_all_at(t->fd, chunk, (size_t) n, t->written);
-                        if (r < 0) {
-                                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-                                transfer_finish(t, fail_local(t, -r, "write"), 0);
-                                return 0;
-                        }
-                }
+static void on_sink_copied(FileSink *s, int64_t n, bool write_failed, void *userdata) {
+        Transfer *t = userdata;
+        int r;
+
+        if (n < 0 && write_failed) {
+                transfer_finish(t, fail_local(t, (int) -n, "write"), 0);
+                return;
         }
         if (n < 0) {
-                int error = errno;
+                int error = (int) -n;
                 char code[48];
-                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
                 snprintf(code, sizeof(code), "errno:%s", errno_name(error));
                 (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, code, "file", (int) t->file->index,
                                      "Cannot read '%s': %s", t->file->remote_name, strerror(error));
-                transfer_finish(t, TRANSFER_FATAL, 0);
-                return 0;
+                transfer_finish(t, IN_SET_RETRYABLE(n) ? TRANSFER_TRANSIENT : TRANSFER_FATAL, 0);
+                return;
         }
         if (n == 0) {
-                (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
                 (void) job_set_error(t->job, ERROR_CONTEXT_REMOTE_FILE, "bits:RemoteFileChanged", "file", (int) t->file->index,
                                      "'%s' shrank while it was copied", t->file->remote_name);
                 transfer_finish(t, TRANSFER_TRANSIENT, 0);
-                return 0;
+                return;
         }
-        t->written += (uint64_t) n;
+        t->written = file_sink_offset(s);
         t->file->bytes_transferred = t->written;
         t->engine->cb.progress(t, t->job, t->engine->userdata);
-        if (checkpoint_due(t)) {
-                int r = transfer_checkpoint(t, true);
-                if (r < 0) {
-                        (void) sd_event_source_set_enabled(s, SD_EVENT_OFF);
-                        transfer_finish(t, fail_local(t, -r, "sync"), 0);
-                }
+        r = transfer_stream_checkpoint(t);
+        if (r < 0) {
+                transfer_finish(t, fail_local(t, -r, "sync"), 0);
+                return;
         }
-        return 0;
+        file_copy_next(t);
 }
 
-/* The source is open (as the owner): size it, decide whether our bytes still belong to it, copy. */
-static int file_source_ready(Transfer *t) {
+/* The writer looked at the source: size it, decide whether our bytes still belong to it, copy. */
+static void on_sink_source_ready(FileSink *s, int error, const struct stat *st, void *userdata) {
+        Transfer *t = userdata;
         BitsFile *f = t->file;
-        struct stat st;
         char validator[128];
         int r;
 
-        if (fstat(t->src_fd, &st) < 0)
-                return -errno;
-
+        if (error != 0) {
+                transfer_finish(t, fail_local(t, error, "prepare"), 0);
+                return;
+        }
         /* The same identity as a Last-Modified: size, inode and modification time. */
         snprintf(validator, sizeof(validator), "file:%" PRIu64 ":%" PRIu64 ":%" PRIu64 ":%" PRId64 ".%09ld",
-                 (uint64_t) st.st_dev, (uint64_t) st.st_ino, (uint64_t) st.st_size,
-                 (int64_t) st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-        if (t->written > 0 && (!streq_ptr(f->validator, validator) || t->written > (uint64_t) st.st_size)) {
+                 (uint64_t) st->st_dev, (uint64_t) st->st_ino, (uint64_t) st->st_size,
+                 (int64_t) st->st_mtim.tv_sec, st->st_mtim.tv_nsec);
+        r = 0;
+        if (t->written > 0 && (!streq_ptr(f->validator, validator) || t->written > (uint64_t) st->st_size))
                 r = transfer_reset_to_zero(t);
-                if (r < 0)
-                        return r;
+        if (r >= 0 && free_and_strdup(&f->validator, validator) < 0)
+                r = -ENOMEM;
+        if (r < 0) {
+                transfer_finish(t, fail_local(t, -r, "prepare"), 0);
+                return;
         }
-        if (free_and_strdup(&f->validator, validator) < 0)
-                return -ENOMEM;
-        t->src_size = (uint64_t) st.st_size;
+        t->src_size = (uint64_t) st->st_size;
+        t->src_mtime = st->st_mtim.tv_sec;
         f->bytes_total = t->src_size;
-
-        r = sd_event_add_defer(t->engine->event, &t->copy_source, on_copy, t);
-        if (r < 0)
-                return r;
-        (void) sd_event_source_set_description(t->copy_source, "file-copy");
-        (void) sd_event_source_set_enabled(t->copy_source, SD_EVENT_ON);
-        /* Lower priority than the bus, so a big copy never makes calls wait. */
-        (void) sd_event_source_set_priority(t->copy_source, SD_EVENT_PRIORITY_IDLE);
 
         t->connected = true;
         t->engine->cb.connected(t, t->job, t->engine->userdata);
-        return 0;
+        file_copy_next(t);
 }
 
 static void on_source_opened(FileOpsRequest *req, int result, void *userdata) {
@@ -827,10 +763,12 @@ static void on_source_opened(FileOpsRequest *req, int result, void *userdata) {
                 transfer_finish(t, IN_SET_RETRYABLE(result) ? TRANSFER_TRANSIENT : TRANSFER_FATAL, 0);
                 return;
         }
-        t->src_fd = result;
-        r = file_source_ready(t);
-        if (r < 0)
+        /* From here on only the writer touches the source too. */
+        r = file_sink_set_source(t->sink, result);
+        if (r < 0) {
+                safe_close(result);
                 transfer_finish(t, fail_local(t, -r, "prepare"), 0);
+        }
 }
 
 /* The temporary file was cut back to keep bytes (the last checkpoint, or 0 if the file turned out
@@ -845,46 +783,32 @@ static void transfer_continue_at(Transfer *t, uint64_t keep) {
         f->bytes_transferred = keep;
 }
 
+/* The writer cut the file back to the last checkpoint: fetch (or copy) the rest. */
 static void on_sink_prepared(FileSink *s, int64_t offset, void *userdata) {
         Transfer *t = userdata;
+        BitsFile *f = t->file;
         int r;
 
         if (offset < 0) {
                 transfer_finish(t, fail_local(t, (int) -offset, "start"), 0);
                 return;
         }
-        t->sink_prepared = true;
         transfer_continue_at(t, (uint64_t) offset);
-        t->url = strdup(t->file->remote_name);
-        r = t->url ? http_setup(t) : -ENOMEM;
+        if (remote_is_local_file(f->remote_name)) {
+                _cleanup_free_ char *path = NULL;
+                r = remote_local_path(f->remote_name, &path);
+                if (r >= 0)
+                        r = file_ops_submit(t->engine->ops, &t->source_id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t,
+                                            &t->request);
+        } else {
+                t->url = strdup(f->remote_name);
+                r = t->url ? http_setup(t) : -ENOMEM;
+        }
         if (r < 0)
                 transfer_finish(t, fail_local(t, -r, "start"), 0);
 }
 
-/* file://: the temporary file is cut back to the last checkpoint right here; the source is opened
- * as its owner next. */
-static int file_temp_ready(Transfer *t) {
-        TransferEngine *e = t->engine;
-        BitsFile *f = t->file;
-        _cleanup_free_ char *path = NULL;
-        struct stat st;
-        int r;
-
-        if (fstat(t->fd, &st) < 0)
-                return -errno;
-        uint64_t keep = (uint64_t) st.st_size >= f->bytes_checkpoint ? f->bytes_checkpoint : 0;
-        if ((uint64_t) st.st_size != keep && ftruncate(t->fd, (off_t) keep) < 0)
-                return -errno;
-        transfer_continue_at(t, keep);
-
-        r = remote_local_path(f->remote_name, &path);
-        if (r < 0)
-                return r;
-        return file_ops_submit(e->ops, &t->source_id, FILE_OP_OPEN_READ, path, NULL, on_source_opened, t, &t->request);
-}
-
-/* The temporary file is open: continue after the last checkpoint. For HTTP the file goes to a sink,
- * whose writer alone touches it from now on. */
+/* The temporary file is open: it goes to a sink, whose writer alone touches it from now on. */
 static int temp_ready(Transfer *t) {
         TransferEngine *e = t->engine;
         static const FileSinkCallbacks sink_callbacks = {
@@ -893,6 +817,8 @@ static int temp_ready(Transfer *t) {
                 .durable = on_sink_durable,
                 .completed = on_sink_completed,
                 .failed = on_sink_failed,
+                .source_ready = on_sink_source_ready,
+                .copied = on_sink_copied,
         };
         int r;
 
@@ -902,9 +828,6 @@ static int temp_ready(Transfer *t) {
         if (r < 0)
                 return r;
         (void) sd_event_source_set_enabled(t->checkpoint_timer, SD_EVENT_ON);
-
-        if (remote_is_local_file(t->file->remote_name))
-                return file_temp_ready(t);
 
         r = file_sink_new(e->event, t->fd, &sink_callbacks, t, &t->sink);
         if (r < 0)
@@ -1004,7 +927,7 @@ int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, c
         if (!t)
                 return -ENOMEM;
         *t = (Transfer) {
-                .engine = e, .job = j, .file = f, .id = *id, .source_id = *source_id, .fd = -EBADF, .src_fd = -EBADF,
+                .engine = e, .job = j, .file = f, .id = *id, .source_id = *source_id, .fd = -EBADF,
                 .last_checkpoint = now(CLOCK_MONOTONIC),
                 .opening = f->bytes_checkpoint > 0 ? FILE_OP_OPEN_WRITE : FILE_OP_CREATE,
         };
@@ -1034,7 +957,6 @@ Transfer *transfer_free(Transfer *t) {
                 return NULL;
         t->request = file_ops_request_cancel(t->request);
         http_teardown(t);
-        t->copy_source = sd_event_source_disable_unref(t->copy_source);
         t->checkpoint_timer = sd_event_source_disable_unref(t->checkpoint_timer);
         /* Keep every byte received: written out and made durable (the caller records it). */
         if (t->sink) {
@@ -1045,12 +967,10 @@ Transfer *transfer_free(Transfer *t) {
                         t->file->bytes_checkpoint = (uint64_t) d;
                 if (orphan)
                         engine_add_orphan(t->engine, t, orphan);
-        } else if (t->fd >= 0 && t->written != t->file->bytes_checkpoint && fdatasync(t->fd) >= 0)
-                t->file->bytes_checkpoint = t->written;
+        }
         /* What is not durable does not count. */
         t->file->bytes_transferred = t->file->bytes_checkpoint;
         safe_close(t->fd);
-        safe_close(t->src_fd);
         free(t->url);
         free(t->etag);
         free(t->last_modified);

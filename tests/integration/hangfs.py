@@ -1,10 +1,10 @@
 """A file system that stops answering: a minimal FUSE server speaking the kernel protocol on
 /dev/fuse directly (stdlib only), for tests of what bitsd does when a user's file system hangs.
 
-One flat directory, owned by a given user. Files can be looked up, created, opened, sized,
-truncated, synced and removed; their data is kept in memory. While `hang_writes` is set, WRITE
-requests get no answer at all, as from a dead NFS server or a FUSE server that hangs: the writer
-blocks in the kernel until stop() aborts the connection.
+One flat directory, owned by a given user. Files can be looked up, created, opened, read, sized,
+truncated, synced and removed; their data is kept in memory. While `hang_writes` (`hang_reads`)
+is set, WRITE (READ) requests get no answer at all, as from a dead NFS server or a FUSE server that hangs: the writer
+or reader blocks in the kernel until stop() aborts the connection.
 
     fs = HangFS('/some/dir', uid=4001, gid=4001)   # mounts it (as root)
     fs.hang_writes = True
@@ -23,7 +23,7 @@ import threading
 import time
 
 FUSE_LOOKUP, FUSE_FORGET, FUSE_GETATTR, FUSE_SETATTR = 1, 2, 3, 4
-FUSE_UNLINK, FUSE_OPEN, FUSE_WRITE = 10, 14, 16
+FUSE_UNLINK, FUSE_OPEN, FUSE_READ, FUSE_WRITE = 10, 14, 15, 16
 FUSE_STATFS, FUSE_RELEASE, FUSE_FSYNC, FUSE_FLUSH, FUSE_INIT = 17, 18, 20, 25, 26
 FUSE_OPENDIR, FUSE_RELEASEDIR, FUSE_CREATE, FUSE_INTERRUPT = 27, 29, 35, 36
 FUSE_DESTROY, FUSE_BATCH_FORGET = 38, 42
@@ -43,7 +43,9 @@ class HangFS:
         self.mountpoint = mountpoint
         self.uid, self.gid = uid, gid
         self.hang_writes = False
+        self.hang_reads = False
         self.writes_seen = 0
+        self.reads_seen = 0
         self.files = {}        # name -> (nodeid, bytearray)
         self.names = {}        # nodeid -> name
         self.next_node = 2
@@ -60,6 +62,13 @@ class HangFS:
             raise OSError(e, 'mount fuse on %s: %s' % (mountpoint, os.strerror(e)))
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def add_file(self, name, data):
+        """A file NAME holding DATA (bytes)."""
+        n = self.next_node
+        self.next_node += 1
+        self.files[name] = (n, bytearray(data))
+        self.names[n] = name
 
     # ---- replies ----
 
@@ -125,6 +134,14 @@ class HangFS:
             return self._reply(unique, 0, self._entry(n) + struct.pack('<QIi', n, 0, 0))
         if op in (FUSE_OPEN, FUSE_OPENDIR):
             return self._reply(unique, 0, struct.pack('<QIi', node, 0, 0))
+        if op == FUSE_READ:
+            self.reads_seen += 1
+            if self.hang_reads:
+                self.pending.append(unique)
+                return None
+            fh, offset, size = struct.unpack_from('<QQI', body)
+            data = self.files[self.names[node]][1]
+            return self._reply(unique, 0, bytes(data[offset:offset + size]))
         if op == FUSE_WRITE:
             self.writes_seen += 1
             if self.hang_writes:

@@ -306,6 +306,28 @@ class LocalFileErrors(ErrorsBase):
         self.assertEqual(self.complete_and_hash(path, 'hung-fs/hung.bin'), digest)
 
 
+    def test_hung_source_file_system(self):
+        """A file:// source on a file system that stops answering reads: bitsd answers
+        meanwhile, and after StallTimeoutSec the job is in transient-error saying that the
+        copy has not returned, with no byte counted."""
+        d = self.local('hung-src')
+        os.makedirs(d)
+        os.chown(d, ALICE, ALICE)
+        fs = hangfs.HangFS(d, ALICE, ALICE)
+        self.addCleanup(fs.stop)
+        fs.add_file('src.bin', bytes(range(256)) * 4096)
+        fs.hang_reads = True
+        path = self.start_job('file://' + os.path.join(d, 'src.bin'), 'from-hung.bin')
+        t0 = time.monotonic()
+        self.assertIn(self.prop(path, 'State'), ('queued', 'connecting', 'transferring'))
+        self.assertLess(time.monotonic() - t0, 1.0)
+        self.assertEqual(self.wait_state(path, ['error', 'transient-error', 'transferred']), 'transient-error')
+        err = self.assert_error(path, 'local-file', 'errno:ETIMEDOUT', 'file')
+        self.assertIn('has not returned', err[2])
+        self.assertGreater(fs.reads_seen, 0)
+        self.assertEqual(self.prop(path, 'BytesTransferred'), 0)
+
+
 class TransientErrors(ErrorsBase):
 
     def test_connection_refused(self):

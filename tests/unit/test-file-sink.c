@@ -20,8 +20,11 @@
 #define CLOSE_TIMEOUT (5 * USEC_PER_SEC)
 
 typedef struct Watch {
-        unsigned prepared_calls, writable, durable_calls, completed_calls, failed_calls;
-        int64_t prepared, completed;
+        unsigned prepared_calls, writable, durable_calls, completed_calls, failed_calls, source_calls, copied_calls;
+        int64_t prepared, completed, copied;
+        int source_error;
+        off_t source_size;
+        bool copy_write_failed;
         uint64_t durable;        /* last durable offset reported */
         bool durable_went_back;
         int error;
@@ -57,7 +60,23 @@ static void on_failed(FileSink *s, int error, void *userdata) {
         w->error = error;
 }
 
+static void on_source_ready(FileSink *s, int error, const struct stat *st, void *userdata) {
+        Watch *w = userdata;
+        w->source_calls++;
+        w->source_error = error;
+        w->source_size = error == 0 ? st->st_size : -1;
+}
+
+static void on_copied(FileSink *s, int64_t n, bool write_failed, void *userdata) {
+        Watch *w = userdata;
+        w->copied_calls++;
+        w->copied = n;
+        w->copy_write_failed = write_failed;
+}
+
 static const FileSinkCallbacks callbacks = {
+        .source_ready = on_source_ready,
+        .copied = on_copied,
         .prepared = on_prepared,
         .writable = on_writable,
         .durable = on_durable,
@@ -442,6 +461,45 @@ static void test_slow_writer_waited_for(sd_event *e, const char *dir) {
         unlink(path);
 }
 
+/* A local source: the writer sizes it and copies it chunk by chunk; a source that ends early says
+ * so (0 bytes); the sink closes the source too. */
+static void test_copy(sd_event *e, const char *dir) {
+        char path[4096], src_path[4096];
+        size_t n = 9 * MiB + 4321, chunk = 4 * MiB;
+        _cleanup_free_ char *data = pattern(n, 13);
+        Watch w = {};
+        unsigned fds = open_fds();
+
+        int src = create_file(dir, "copy-src", src_path);
+        CHECK_EQ_INT(pwrite(src, data, n, 0), (ssize_t) n);
+        int fd = create_file(dir, "copy-dst", path);
+        FileSink *s = sink_on(e, fd, 0, &w);
+        CHECK_EQ_INT(file_sink_set_source(s, src), 0);
+        RUN_UNTIL(e, w.source_calls == 1);
+        CHECK_EQ_INT(w.source_error, 0);
+        CHECK_EQ_INT(w.source_size, n);
+
+        for (uint64_t at = 0; at < n;) {
+                unsigned before = w.copied_calls;
+                CHECK_EQ_INT(file_sink_copy(s, chunk), 0);
+                /* One copy at a time. */
+                CHECK_EQ_INT(file_sink_copy(s, chunk), -EINVAL);
+                RUN_UNTIL(e, w.copied_calls == before + 1);
+                CHECK(w.copied > 0);
+                if (w.copied <= 0)
+                        break;
+                at += (uint64_t) w.copied;
+                CHECK_EQ_INT(file_sink_offset(s), at);
+        }
+        /* The source ends here. */
+        CHECK_EQ_INT(file_sink_copy(s, chunk), 0);
+        RUN_UNTIL(e, w.copied_calls > 0 && w.copied == 0);
+        CHECK(!w.copy_write_failed);
+        complete_and_compare(e, s, &w, path, data, n);
+        CHECK_EQ_INT(open_fds(), fds);
+        unlink(src_path);
+}
+
 static void run_all(sd_event *e, const char *dir) {
         test_big_stream(e, dir);
         test_small_file(e, dir);
@@ -454,6 +512,7 @@ static void run_all(sd_event *e, const char *dir) {
         test_pushback(e, dir);
         test_stuck_writer_left_behind(e, dir);
         test_slow_writer_waited_for(e, dir);
+        test_copy(e, dir);
 }
 
 int main(void) {
