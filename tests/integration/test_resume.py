@@ -323,6 +323,46 @@ class CleanRestart(ResumeBase):
         self.assertEqual(sha256_file(self.local('later.bin')), digest)
 
 
+    def test_stopped_between_last_checkpoint_and_completion(self):
+        """Every byte of the file reached the disk and was counted, but the daemon stopped
+        before it recorded the file as done (or a Suspend came while the last bytes were being
+        synced). Resumed, the job is transferred without asking the server for bytes past the
+        end, and the file is whole."""
+        h = self.h
+        size = 3 * MiB + 5
+        digest = h.make_file('fault', 'edge.bin', size, seed=36)
+        path = self.new_job(h.fault_url('edge.bin', rate=MiB), 'edge.bin')
+        c = self.alice
+        h.wait_for(lambda: c.job_prop(path, 'BytesTransferred') > 0, timeout=20, what='progress')
+        c.job(path, 'Suspend')
+        f = path + '/file/0'
+        temp = c.file_prop(f, 'TemporaryName')
+        self.assertEqual(c.file_prop(f, 'BytesTotal'), size)
+        self.assertEqual(h.stop_bitsd(), 0)
+
+        # What the crash left: the whole file in the temporary file, its length recorded.
+        with open(os.path.join(h.fault_dir, 'edge.bin'), 'rb') as src, open(temp, 'r+b') as dst:
+            dst.write(src.read())
+        db = sqlite3.connect(db_path(h))
+        try:
+            with db:
+                n = db.execute('UPDATE files SET bytes_transferred = ? WHERE replace(job_id, \'-\', \'\') = ? '
+                               'AND idx = 0', (size, path.rsplit('/', 1)[1])).rowcount
+        finally:
+            db.close()
+        self.assertEqual(n, 1)
+
+        h.start_bitsd()
+        c = self.alice = h.client(ALICE)
+        gets = len(self.gets('edge.bin'))
+        c.job(path, 'Resume')
+        self.assertEqual(c.wait_job_state(path, ['transferred', 'error', 'transient-error']), 'transferred',
+                         c.job_prop(path, 'Error'))
+        self.assertEqual(len(self.gets('edge.bin')), gets)
+        self.assertEqual(c.job(path, 'Complete'), 'complete')
+        self.assertEqual(sha256_file(self.local('edge.bin')), digest)
+
+
 class DamagedDatabase(ResumeBase):
 
     def test_corrupt_database_is_moved_aside(self):
