@@ -219,6 +219,15 @@ static int64_t sink_copy(FileSink *s, uint64_t off, size_t len) {
         return n;
 }
 
+/* The file (back to normal I/O for whoever shares its description) and the source. */
+static void sink_close_files(FileSink *s) {
+        if (s->fd_direct)
+                (void) set_direct(s->fd, false);
+        s->fd_direct = false;
+        s->fd = safe_close(s->fd);
+        s->src_fd = safe_close(s->src_fd);
+}
+
 /* Carries out one op; called without the lock. Returns its result (negative: errno). */
 static int64_t sink_execute(FileSink *s, const SinkOp *op) {
         switch (op->kind) {
@@ -241,15 +250,7 @@ static int64_t sink_execute(FileSink *s, const SinkOp *op) {
                 return (int64_t) op->offset;
         }
         case SINK_OP_CLOSE:
-                if (s->fd_direct)
-                        (void) set_direct(s->fd, false);
-                s->fd_direct = false;
-                if (s->fd >= 0)
-                        close(s->fd);
-                s->fd = -EBADF;
-                if (s->src_fd >= 0)
-                        close(s->src_fd);
-                s->src_fd = -EBADF;
+                sink_close_files(s);
                 return 0;
         case SINK_OP_SOURCE_STAT:
                 return fstat(s->src_fd, &s->src_st) < 0 ? -errno : 0;
@@ -309,12 +310,7 @@ static void sink_record(FileSink *s, const SinkOp *op, bool skipped, int64_t r) 
 }
 
 static void sink_release(FileSink *s) {
-        if (s->fd >= 0)
-                close(s->fd);
-        s->fd = -EBADF;
-        if (s->src_fd >= 0)
-                close(s->src_fd);
-        s->src_fd = -EBADF;
+        sink_close_files(s);
         s->copy_buf = mfree(s->copy_buf);
         if (s->wake_fd >= 0)
                 close(s->wake_fd);
