@@ -531,42 +531,12 @@ def _wait_pid(pid, timeout):
 
 # --- the harness ------------------------------------------------------------
 
-DBUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<!-- A private system bus: Debian's system.conf without the daemon/launcher parts,
-     and only the project's and polkit's policy files included. -->
-<busconfig>
-  <type>system</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path={socket}</listen>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Properties"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
-          send_member="UpdateActivationEnvironment"/>
-    <deny send_destination="org.freedesktop.DBus"
-          send_interface="org.freedesktop.DBus.Debug.Stats"/>
-  </policy>
-  <policy user="root">
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Monitoring"/>
-  </policy>
-  <includedir>{includedir}</includedir>
-</busconfig>
-"""
+def dbus_config(socket_path, includedir):
+    """The private system bus's configuration (tools/private-bus.conf.in, shared with the run
+    command) for a socket and a policy directory."""
+    with open(os.path.join(srcdir(), 'tools', 'private-bus.conf.in')) as f:
+        template = f.read()
+    return template.replace('@SOCKET@', socket_path).replace('@INCLUDEDIR@', includedir)
 
 NGINX_CONFIG = """daemon off;
 master_process on;
@@ -731,8 +701,7 @@ class Harness:
         sockdir = self._mkdir('bus')
         config = self._path('dbus', 'system.conf')
         with open(config, 'w') as f:
-            f.write(DBUS_CONFIG.format(socket=os.path.join(sockdir, 'system_bus_socket'),
-                                       includedir=includedir))
+            f.write(dbus_config(os.path.join(sockdir, 'system_bus_socket'), includedir))
         proc = self._spawn('dbus-daemon', ['dbus-daemon', '--config-file=' + config, '--nofork',
                                            '--nopidfile', '--print-address=1'],
                            stdout=subprocess.PIPE, log='dbus-daemon.log')
@@ -1029,6 +998,15 @@ class HarnessTestCase(unittest.TestCase):
         cls.addClassCleanup(cls._check_clean_exit)
 
     SANITIZER_MARKS = ('ERROR: AddressSanitizer', 'ERROR: LeakSanitizer', 'runtime error:')
+
+    def assertBusError(self, names, fn, *args, **kw):
+        """fn(*args, **kw) fails with the D-Bus error NAMES (a name, or any of several);
+        returns the error."""
+        names = (names,) if isinstance(names, str) else names
+        with self.assertRaises(BusError) as cm:
+            fn(*args, **kw)
+        self.assertIn(cm.exception.name, names, 'message: %r' % cm.exception.message)
+        return cm.exception
 
     @classmethod
     def _check_clean_exit(cls):

@@ -132,13 +132,6 @@ class AuthCase(harness.HarnessTestCase):
         except (BusError, RuntimeError):
             pass
 
-    def assertBusError(self, names, fn, *args, **kw):
-        names = (names,) if isinstance(names, str) else names
-        with self.assertRaises(BusError) as cm:
-            fn(*args, **kw)
-        self.assertIn(cm.exception.name, names, 'message: %r' % cm.exception.message)
-        return cm.exception
-
     def polkit_rule(self, name, js):
         self.h.write_polkit_rule(name, js)
         self.addCleanup(self.remove_rule_if_present, name)

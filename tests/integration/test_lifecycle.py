@@ -69,12 +69,6 @@ class LifecycleCase(harness.HarnessTestCase):
     def create(self, client=None, name='job'):
         return (client or self.alice).manager('CreateJob', 'ss', name, 'download')
 
-    def assertBusError(self, name, fn, *args, **kw):
-        with self.assertRaises(BusError) as cm:
-            fn(*args, **kw)
-        self.assertEqual(cm.exception.name, name, 'message: %r' % cm.exception.message)
-        return cm.exception
-
     def files_of(self, path, client=None):
         return (client or self.alice).job(path, 'ListFiles')
 

@@ -124,13 +124,6 @@ class Tokens(harness.HarnessTestCase):
         except (BusError, RuntimeError):
             pass
 
-    def assertBusError(self, names, fn, *args, **kw):
-        names = (names,) if isinstance(names, str) else names
-        with self.assertRaises(BusError) as cm:
-            fn(*args, **kw)
-        self.assertIn(cm.exception.name, names, 'message: %r' % cm.exception.message)
-        return cm.exception
-
     def token_state(self, c, job):
         return (c.job_prop(job, 'HelperTokenFlags'), c.job_prop(job, 'HelperTokenUid'))
 
