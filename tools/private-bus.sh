@@ -35,36 +35,8 @@ start() {
     # Bus policy: Debian's default system policy + polkit's + the project's, nothing else.
     cp "$SRCDIR/dbus/org.freedesktop.bits1.conf" \
        /usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf "$dir/system.d/"
-    cat >"$dir/system.conf" <<EOF
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path=$dir/system_bus_socket</listen>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
-          send_member="UpdateActivationEnvironment"/>
-  </policy>
-  <policy user="root">
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
-  </policy>
-  <includedir>$dir/system.d</includedir>
-</busconfig>
-EOF
+    sed -e "s|@SOCKET@|$dir/system_bus_socket|g" -e "s|@INCLUDEDIR@|$dir/system.d|g" \
+        "$SRCDIR/tools/private-bus.conf.in" >"$dir/system.conf"
 
     local -a polkitd=(/usr/lib/polkit-1/polkitd --no-debug)
     if ! cmp -s "$ACTIONS/$POLICY" "$SRCDIR/polkit/$POLICY"; then
