@@ -886,13 +886,16 @@ static void engine_prune_orphans(TransferEngine *e) {
 /* A file whose writer was left behind is not touched until that writer returned (it could still
  * write or truncate). A user with many such files gets no new downloads for now: each one holds a
  * thread. */
-static bool engine_file_busy(TransferEngine *e, const char *temp_name, uid_t uid) {
+static bool engine_file_busy(TransferEngine *e, const char *temp_name, uid_t uid, bool *ret_this_file) {
         unsigned of_user = 0;
 
         engine_prune_orphans(e);
+        *ret_this_file = false;
         for (size_t i = 0; i < e->n_orphans; i++) {
-                if (streq(e->orphans[i].temp_name, temp_name))
+                if (streq(e->orphans[i].temp_name, temp_name)) {
+                        *ret_this_file = true;
                         return true;
+                }
                 if (e->orphans[i].uid == uid)
                         of_user++;
         }
@@ -932,10 +935,17 @@ int transfer_start(TransferEngine *e, Job *j, BitsFile *f, const Identity *id, c
                 .opening = f->bytes_checkpoint > 0 ? FILE_OP_OPEN_WRITE : FILE_OP_CREATE,
         };
 
-        if (engine_file_busy(e, f->temp_name, id->uid)) {
+        bool this_file;
+        if (engine_file_busy(e, f->temp_name, id->uid, &this_file)) {
                 *ret_transient = true;
-                (void) job_set_error(j, ERROR_CONTEXT_LOCAL_FILE, "errno:EBUSY", remote_protocol(f->remote_name), (int) f->index,
-                                     "An earlier write to '%s' has not returned: its file system does not answer", f->temp_name);
+                if (this_file)
+                        (void) job_set_error(j, ERROR_CONTEXT_LOCAL_FILE, "errno:EBUSY", remote_protocol(f->remote_name),
+                                             (int) f->index, "An earlier write to '%s' has not returned: its file system does not answer",
+                                             f->temp_name);
+                else
+                        (void) job_set_error(j, ERROR_CONTEXT_LOCAL_FILE, "errno:EBUSY", remote_protocol(f->remote_name),
+                                             (int) f->index, "%u earlier writes of uid %u have not returned: their file systems do not answer",
+                                             ORPHANS_PER_USER_MAX, (unsigned) id->uid);
                 transfer_free(t);
                 return -EBUSY;
         }
